@@ -1,0 +1,80 @@
+"""The one place that picks concrete parts: storage, ACME session, solvers, event sinks, clock.
+
+Tests build an `App` with their own parts (a memory event sink, a fixed clock)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mamoru.config.model import Settings
+from mamoru.events import Events, EventSink, JsonlSink, StderrSink
+from mamoru.storage import FileStorage
+
+if TYPE_CHECKING:
+    from mamoru.protocol.session import AcmeSession
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    settings: Settings
+    storage: FileStorage
+    events: Events
+    clock: Callable[[], datetime] = utcnow
+    stop: threading.Event = field(default_factory=threading.Event)
+    rng: random.Random = field(default_factory=random.Random)
+    _session: AcmeSession | None = None
+    _account_ready: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def session(self) -> AcmeSession:
+        """The shared ACME session (one keep-alive pool for every order of this process)."""
+        with self._lock:
+            if self._session is None:
+                from mamoru.protocol.session import AcmeSession
+
+                acme = self.settings.acme
+                self._session = AcmeSession(
+                    acme.directory, ca_bundle=acme.ca_bundle, timeout=acme.timeout,
+                    pool_size=acme.max_concurrent_orders, stop=self.stop)
+            return self._session
+
+    def account_session(self) -> AcmeSession:
+        """The shared session with the account loaded or registered (once per process)."""
+        session = self.session()
+        with self._lock:
+            if not self._account_ready:
+                from mamoru.protocol.account import open_account
+
+                url = open_account(session, self.settings.acme, self.settings.paths.state)
+                self._account_ready = True
+                self.events.emit("account", None, f"using ACME account {url}", account=url)
+        return session
+
+    def reset_session(self) -> None:
+        """Forget the session (after a config reload, or when the CA forgot our account)."""
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+            self._session = None
+            self._account_ready = False
+
+
+def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
+              stderr: bool = True, event_log: bool = True) -> App:
+    events = Events(sinks or [])
+    if stderr:
+        events.add(StderrSink())
+    if event_log:
+        paths = settings.paths
+        events.add(JsonlSink(paths.event_log, paths.event_log_max_bytes, paths.event_log_keep))
+    storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
+    return App(settings=settings, storage=storage, events=events)

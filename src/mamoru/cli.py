@@ -1,0 +1,195 @@
+"""The `mamoru` command: verbs and their wiring only (the work lives in the modules).
+
+Imports are lazy so `mamoru --help` and `mamoru check-config` start fast.
+Exit codes: 0 ok, 1 a site failed (or is in danger, for status), 2 config or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mamoru.app import App
+    from mamoru.config.model import Settings, Site
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Accepted before and after the verb; the verb's value wins when both are given.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("-c", "--config", metavar="FILE", default=default,
+                        help="config file (default: $MAMORU_CONFIG or /etc/mamoru/config.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+                        help="more detail (-vv: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mamoru",
+        description="Keeps a clinic's HTTPS certificates valid with nobody touching them.")
+    _common(parser, top=True)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    def verb(name: str, help_text: str, func: Callable[[argparse.Namespace], int]
+             ) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        _common(sub)
+        sub.set_defaults(func=func)
+        return sub
+
+    p = verb("provision", "obtain and install certificates for sites that need one", cmd_provision)
+    p.add_argument("sites", nargs="*", metavar="SITE", help="sites to provision (default: all)")
+    p.add_argument("--force", action="store_true", help="order even if the certificate is good")
+    p.add_argument("--dry-run", action="store_true",
+                   help="go through the whole ACME exchange but change nothing in live/")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    p = verb("renew", "one pass over the sites that are due, then exit (for timers and cron)",
+             cmd_renew)
+    p.add_argument("sites", nargs="*", metavar="SITE")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    verb("check-config", "validate the config and list every problem with its line",
+         cmd_check_config)
+
+    p = verb("revoke", "revoke a site's current certificate", cmd_revoke)
+    p.add_argument("site", metavar="SITE")
+    p.add_argument("--reason", default="unspecified",
+                   choices=sorted(REVOCATION_REASONS), help="RFC 5280 reason")
+    return parser
+
+
+REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4,
+                      "cessationOfOperation": 5}
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        # requests/urllib3 debug lines would print JWS bodies; never below WARNING by default.
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        logging.getLogger("acme").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    from mamoru.config import find_config_path, load_config
+
+    settings = load_config(find_config_path(args.config))
+    for warning in settings.warnings:
+        print(warning, file=sys.stderr)
+    return settings
+
+
+def _select(settings: Settings, names: Sequence[str]) -> list[Site]:
+    from mamoru.errors import UsageError
+
+    if not names:
+        return list(settings.sites)
+    known = {s.name: s for s in settings.sites}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"no site named {', '.join(unknown)} in {settings.config_file} "
+                         f"(sites: {', '.join(known) or 'none'})")
+    return [known[n] for n in names]
+
+
+def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool) -> list[Any]:
+    """Provision `sites` concurrently (at most acme.max_concurrent_orders at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mamoru.pipeline import provision
+
+    workers = max(1, min(len(sites), app.settings.acme.max_concurrent_orders))
+    if workers == 1:
+        return [provision(site, app, force=force, dry_run=dry_run) for site in sites]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="site") as pool:
+        return list(pool.map(lambda s: provision(s, app, force=force, dry_run=dry_run), sites))
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from mamoru.app import build_app
+
+    settings = _load(args)
+    sites = _select(settings, args.sites)
+    app = build_app(settings)
+    try:
+        outcomes = run_sites(app, sites, force=args.force, dry_run=args.dry_run)
+    finally:
+        app.reset_session()
+    if args.json:
+        print(json.dumps({"sites": [o.to_json() for o in outcomes],
+                          "ok": all(o.ok for o in outcomes)}, indent=2))
+    else:
+        for outcome in outcomes:
+            if outcome.version is not None and outcome.status in ("issued", "renewed"):
+                print(f"{outcome.site}: {outcome.status} — "
+                      f"{outcome.version.file('fullchain.pem')}")
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
+
+
+cmd_renew = cmd_provision
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    names = sum(len(s.domains) for s in settings.sites)
+    print(f"{settings.config_file}: ok — {len(settings.sites)} site"
+          f"{'s' if len(settings.sites) != 1 else ''}, {names} name{'s' if names != 1 else ''}, "
+          f"CA {settings.acme.directory}")
+    return EXIT_OK
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from mamoru.app import build_app
+    from mamoru.errors import UsageError
+
+    settings = _load(args)
+    site = _select(settings, [args.site])[0]
+    app = build_app(settings)
+    current = app.storage.live(site.name)
+    if current is None:
+        raise UsageError(f"site {site.name} has no live certificate to revoke")
+    session = app.account_session()
+    session.revoke(current.read("cert.pem"), REVOCATION_REASONS[args.reason])
+    app.events.emit("revoked", site.name, f"certificate {current.meta.get('serial')} revoked "
+                    f"({args.reason}); run `mamoru provision --force {site.name}` for a new one",
+                    serial=current.meta.get("serial"), reason=args.reason)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args.verbose)
+    from mamoru.errors import ConfigError, MamoruError, UsageError
+
+    try:
+        return int(args.func(args))
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as error:
+        print(f"mamoru: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except MamoruError as error:
+        print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("mamoru: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

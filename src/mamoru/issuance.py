@@ -1,0 +1,87 @@
+"""Obtain one certificate: order, answer every challenge, finalize, download.
+
+Cleanup of presented challenges always runs (ExitStack), after success, a CA error, a timeout
+or a stop request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from mamoru.app import App
+from mamoru.challenges import ChallengeSolver, solver_for
+from mamoru.config.model import Site
+from mamoru.errors import OrderFailed
+from mamoru.events import Events
+from mamoru.protocol.keys import PrivateKey, generate_key, key_pem, make_csr_der
+from mamoru.protocol.session import AcmeSession
+from mamoru.storage import CertVersion
+
+
+@dataclass(frozen=True)
+class Issued:
+    key_pem: bytes
+    chain_pem: bytes
+    order_url: str
+    replaced: str | None
+    profile: str | None
+
+
+def obtain(
+    site: Site,
+    session: AcmeSession,
+    solver: ChallengeSolver,
+    key: PrivateKey,
+    events: Events,
+    *,
+    profile: str | None,
+    replaces: str | None,
+    timeout: float,
+) -> Issued:
+    """Run one order for `site` with `key`. Raises IssuanceError subclasses."""
+    deadline = time.monotonic() + timeout
+    names = list(site.domains)
+    order = session.new_order(names, profile=profile, replaces=replaces)
+    events.emit("order", site.name, f"order created for {', '.join(names)}", order=order.url,
+                names=names, replaces=order.replaced, profile=profile)
+    tasks = session.pending_challenges(order, solver.challenge_type)
+    with contextlib.ExitStack() as cleanup:
+        for task in tasks:
+            cleanup.callback(solver.cleanup, task)  # registered before present: always runs
+            solver.present(task)
+        for task in tasks:  # answered together, validated in parallel by the CA
+            session.answer(task)
+        if tasks:
+            events.emit("challenge", site.name,
+                        f"answered {len(tasks)} http-01 challenge{'s' if len(tasks) > 1 else ''}",
+                        names=[t.identifier for t in tasks], order=order.url)
+        session.wait_authorizations(order, tasks, deadline)
+    if tasks:
+        events.emit("validated", site.name, "the CA validated every name", order=order.url)
+    chain = session.finalize(order, make_csr_der(key, names), deadline)
+    return Issued(key_pem=key_pem(key), chain_pem=chain, order_url=order.url,
+                  replaced=order.replaced, profile=profile)
+
+
+def obtain_for_site(site: Site, app: App, current: CertVersion | None) -> Issued:
+    """Everything `obtain` needs, picked for `site`: the shared account session, the profile
+    the CA offers, `replaces` when the CA speaks ARI, the solver, and a fresh key."""
+    session = app.account_session()
+    profile = site.profile or app.settings.acme.profile
+    offered = session.profiles
+    if profile and not offered:
+        app.events.emit("warning", site.name, f"the CA offers no profiles; ordering without "
+                        f"profile {profile!r}", profile=profile)
+        profile = None
+    elif profile and profile not in offered:
+        raise OrderFailed(f"the CA does not offer profile {profile!r} (it offers: "
+                          f"{', '.join(sorted(offered))})",
+                          hint="Change acme.profile (or the site's profile) to one it offers.")
+    replaces = None
+    if current is not None and session.supports_ari:
+        replaces = current.meta.get("ari_cert_id")
+    key = generate_key(site.key)
+    return obtain(site, session, solver_for(site.challenge), key, app.events, profile=profile,
+                  replaces=replaces, timeout=app.settings.acme.order_timeout)

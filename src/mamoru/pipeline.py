@@ -1,0 +1,115 @@
+"""The one story: config -> due? -> account -> order -> challenges -> certificate -> install
+-> verify -> schedule. Run once per site by `mamoru provision`/`renew`, again and again by the
+daemon. Each step's detail lives in the module named after it; this file reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mamoru.app import App
+from mamoru.config.model import Site
+from mamoru.errors import Cancelled, MamoruError
+from mamoru.issuance import obtain_for_site
+from mamoru.renewal import schedule
+from mamoru.renewal.policy import Decision
+from mamoru.storage import CertVersion
+
+LOCK_WAIT = 600.0  # a second run on the same site waits for the first, then re-checks
+
+
+@dataclass
+class Outcome:
+    site: str
+    status: str  # issued | renewed | skipped | dry-run | failed
+    decision: Decision | None = None
+    version: CertVersion | None = None
+    error: MamoruError | None = None
+    next_due: datetime | None = None
+    duration: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"site": self.site, "status": self.status,
+                               "duration": round(self.duration, 3)}
+        if self.decision:
+            out["why"] = self.decision.why
+        if self.version:
+            out.update(version=self.version.number, serial=self.version.meta.get("serial"),
+                       names=self.version.names, not_after=self.version.meta.get("not_after"),
+                       fullchain=self.version.file("fullchain.pem"))
+        if self.next_due:
+            out["next_due"] = self.next_due.isoformat()
+        if self.error:
+            out["error"] = {"class": self.error.kind, "message": str(self.error),
+                            "hint": self.error.hint, **self.error.fields()}
+        if self.timings:
+            out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return out
+
+
+def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = False) -> Outcome:
+    """Bring `site` to a valid, served certificate if it is due (or `force`). Never raises for
+    a site's own failure: the Outcome carries the error, and the schedule records the retry."""
+    started = time.monotonic()
+    events, storage = app.events, app.storage
+    try:
+        with storage.lock(site.name, timeout=LOCK_WAIT):
+            current = storage.live(site.name)
+            decision = schedule.check_due(site, current, app)
+            events.emit("due-check", site.name, f"{'due' if decision.due else 'not due'}: "
+                        f"{decision.why}", due=decision.due, why=decision.why, rule=decision.rule,
+                        at=decision.at, names=list(site.domains))
+            if not decision.due and not force:
+                next_due = schedule.record_skip(site, app, decision)
+                events.emit("skipped", site.name, f"certificate still good; next renewal "
+                            f"{next_due:%Y-%m-%d %H:%M} UTC ({decision.why})", next_due=next_due,
+                            why=decision.why, serial=current.meta.get("serial") if current else None)
+                return Outcome(site.name, "skipped", decision, current, next_due=next_due,
+                               duration=time.monotonic() - started)
+
+            issued = obtain_for_site(site, app, current)
+            if dry_run:
+                events.emit("dry-run", site.name, "dry run: certificate obtained and discarded; "
+                            "nothing changed in live/", order=issued.order_url)
+                return Outcome(site.name, "dry-run", decision,
+                               duration=time.monotonic() - started)
+
+            version = storage.store(site.name, issued.key_pem, issued.chain_pem, {
+                "key": site.key, "profile": issued.profile, "order": issued.order_url,
+                "replaced": issued.replaced, "ari_cert_id": schedule.cert_id(issued.chain_pem)})
+            events.emit("issued", site.name, f"certificate {version.meta['serial']} issued, valid "
+                        f"until {version.not_after:%Y-%m-%d %H:%M} UTC", serial=version.meta[
+                            "serial"], not_after=version.not_after, names=version.names,
+                        order=issued.order_url, version=version.number)
+
+            from mamoru.install import install
+
+            stored_at = time.monotonic()
+            result = install(site, version, storage, events)
+            timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
+            storage.prune(site.name)
+            next_due = schedule.record_success(site, app, version)
+            status = "renewed" if current else "issued"
+            events.emit("renewed" if current else "provisioned", site.name,
+                        f"done in {time.monotonic() - started:.2f} s; next renewal "
+                        f"{next_due:%Y-%m-%d %H:%M} UTC", serial=version.meta["serial"],
+                        next_due=next_due, duration=round(time.monotonic() - started, 3),
+                        verified=result.verified)
+            return Outcome(site.name, status, decision, version, next_due=next_due,
+                           duration=time.monotonic() - started, timings=timings)
+    except MamoruError as error:
+        next_try = None if isinstance(error, Cancelled) else schedule.record_failure(site, app,
+                                                                                     error)
+        events.emit("failed", site.name, f"{error}" + (f" — {error.hint}" if error.hint else ""),
+                    error_class=error.kind, retryable=error.retryable, next_attempt=next_try,
+                    **error.fields())
+        return Outcome(site.name, "failed", error=error, next_due=next_try,
+                       duration=time.monotonic() - started)

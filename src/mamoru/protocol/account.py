@@ -1,0 +1,72 @@
+"""The ACME account per CA: its key (0600) and URL under state/accounts/<ca-host>/<id>/.
+
+Loading is "load or register" in one step: newAccount with the stored key returns the existing
+account, so a CA that lost our account (a test CA restarted, say) is handled like a first run.
+A corrupt key file is moved aside and a new account registered, so state damage never turns
+into a loop of failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from urllib.parse import urlsplit
+
+import josepy as jose
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mamoru.config.model import AcmeSettings
+from mamoru.protocol.keys import key_pem, load_key
+from mamoru.protocol.session import AcmeSession
+from mamoru.storage.atomic import ensure_dir, write_file
+
+log = logging.getLogger(__name__)
+
+
+def account_dir(state_dir: str, directory_url: str) -> str:
+    parts = urlsplit(directory_url)
+    host = re.sub(r"[^a-z0-9.-]", "_", (parts.hostname or "ca").lower())
+    port = f"_{parts.port}" if parts.port else ""
+    digest = hashlib.sha256(directory_url.encode()).hexdigest()[:12]
+    return os.path.join(state_dir, "accounts", f"{host}{port}", digest)
+
+
+def load_or_create_key(directory: str) -> tuple[jose.JWK, bool]:
+    """The account key in `directory` (created 0600 if missing). Returns (key, created)."""
+    ensure_dir(directory, 0o700)
+    path = os.path.join(directory, "key.pem")
+    try:
+        with open(path, "rb") as handle:
+            return jose.JWKEC(key=load_key(handle.read())), False
+    except FileNotFoundError:
+        pass
+    except (ValueError, TypeError) as error:
+        aside = f"{path}.corrupt-{int(time.time())}"
+        os.replace(path, aside)
+        log.warning("account key %s was unreadable (%s); moved to %s, registering anew",
+                    path, error, aside)
+    key = ec.generate_private_key(ec.SECP256R1())  # ES256: small, fast to sign
+    write_file(path, key_pem(key), mode=0o600)
+    return jose.JWKEC(key=key), True
+
+
+def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:
+    """Load or register the account for `acme.directory` on `session`. Returns its URL."""
+    directory = account_dir(state_dir, acme.directory)
+    key, created = load_or_create_key(directory)
+    eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
+    url = session.use_account(key, contact=acme.contact, eab=eab)
+    info_path = os.path.join(directory, "account.json")
+    info = {"url": url, "directory": acme.directory, "contact": list(acme.contact)}
+    try:
+        with open(info_path, encoding="utf-8") as handle:
+            same = json.load(handle) == info
+    except (OSError, ValueError):
+        same = False
+    if not same or created:
+        write_file(info_path, json.dumps(info, indent=2).encode(), mode=0o600)
+    return url

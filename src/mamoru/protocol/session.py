@@ -1,0 +1,522 @@
+"""One ACME session with one CA: directory, nonces, account, orders, polling, ARI, revocation.
+
+Built on certbot's `acme.client.ClientNetwork` for JWS signing and its keep-alive
+`requests.Session`, with the gaps of that library closed here (see ACME-NOTES):
+- a thread-safe nonce pool, so many orders can share one account and one connection pool;
+- badNonce retried with a fresh nonce up to `BAD_NONCE_TRIES` times (the library tries twice);
+- every CA answer mapped to a typed error carrying the problem type, detail, HTTP status and
+  `Retry-After` (the library drops the headers);
+- `replaces` (RFC 9773 §5) on new orders, with the 409 `alreadyReplaced` fallback;
+- polling that starts at 20 ms and backs off to 1 s, honouring `Retry-After`, and stops at once
+  when the caller's stop event is set (no multi-second fixed sleeps).
+
+Callers see plain values (`Order`, `ChallengeTask`, `RenewalInfo`), never acme types.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import josepy as jose
+import requests
+from acme import messages
+from acme.client import ClientNetwork
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mamoru import __version__
+from mamoru.errors import (
+    BadNonceExhausted,
+    Cancelled,
+    CAUnavailable,
+    ChallengeFailed,
+    IssuanceError,
+    OrderFailed,
+)
+from mamoru.protocol.errors import ACME_ERROR, parse_retry_after, problem_error
+
+log = logging.getLogger(__name__)
+
+BAD_NONCE_TRIES = 12  # Pebble may reject 50 % of nonces; 12 fresh tries leave 1 in 4096 to fail
+TRANSPORT_TRIES = 3  # connection refused/reset: retried twice, quickly
+POLL_FIRST = 0.02
+POLL_MAX = 1.0
+USER_AGENT = f"mamoru/{__version__} (+acme-python)"
+JOSE = "application/jose+json"
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+@dataclass(frozen=True)
+class ChallengeTask:
+    """What a challenge solver needs to know, as plain values (STYLE §3)."""
+
+    identifier: str
+    type: str
+    token: str
+    key_authorization: str
+    url: str = field(repr=False, default="")
+
+    @property
+    def http01_path(self) -> str:
+        return f"/.well-known/acme-challenge/{self.token}"
+
+
+@dataclass
+class Order:
+    url: str
+    status: str
+    identifiers: list[str]
+    authorizations: list[str]
+    finalize: str
+    certificate: str | None = None
+    replaced: str | None = None  # the cert id sent as `replaces`, when it was accepted
+
+    @classmethod
+    def from_json(cls, url: str, body: dict[str, Any]) -> Order:
+        return cls(
+            url=url,
+            status=str(body.get("status", "")),
+            identifiers=[str(i.get("value")) for i in body.get("identifiers", [])],
+            authorizations=list(body.get("authorizations", [])),
+            finalize=str(body.get("finalize", "")),
+            certificate=body.get("certificate"),
+        )
+
+
+@dataclass(frozen=True)
+class RenewalInfo:
+    """The CA's suggested renewal window for one certificate (RFC 9773 §4.2)."""
+
+    start: datetime
+    end: datetime
+    explanation_url: str | None
+    retry_after: datetime  # when to ask again
+
+
+class _Payload(jose.JSONDeSerializable):  # type: ignore[misc]
+    """A plain JSON object as a JWS payload (so new fields like `replaces` need no subclass)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_partial_json(self) -> dict[str, Any]:
+        return self.data
+
+    @classmethod
+    def from_json(cls, jobj: Any) -> _Payload:
+        return cls(dict(jobj))
+
+
+def ari_cert_id(cert_pem: bytes) -> str:
+    """The ARI certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial DER)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    if aki.key_identifier is None:
+        raise ValueError("certificate has no authority key identifier")
+    serial = cert.serial_number
+    serial_der = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+    return f"{b64(aki.key_identifier)}.{b64(serial_der)}"
+
+
+class AcmeSession:
+    """A connection to one ACME CA, shared by every order of one run (thread-safe).
+
+    `stop` is checked while waiting; when it is set, waits end at once with `Cancelled`.
+    Every method raises `IssuanceError` subclasses (never requests or acme exceptions).
+    """
+
+    def __init__(
+        self,
+        directory_url: str,
+        *,
+        ca_bundle: str | None = None,
+        timeout: float = 30.0,
+        pool_size: int = 8,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.directory_url = directory_url
+        self.timeout = timeout
+        self.stop = stop or threading.Event()
+        # An explicit CA bundle path, or True: the system store (requests would otherwise
+        # silently prefer $REQUESTS_CA_BUNDLE over a bundle given only to ClientNetwork).
+        self.verify: str | bool = ca_bundle or True
+        self._net: ClientNetwork | None = None
+        self._directory: dict[str, Any] | None = None
+        self._nonces: list[str] = []
+        self._lock = threading.Lock()
+        self.http = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size + 2)
+        self.http.mount("https://", adapter)
+        self.http.mount("http://", adapter)
+        self.http.headers["User-Agent"] = USER_AGENT
+        self.account_url: str | None = None
+        self._thumbprint = ""
+        self.requests_made = 0
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        if self.stop.is_set():
+            raise Cancelled("stopped before contacting the CA")
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs["verify"] = self.verify
+        last: Exception | None = None
+        for attempt in range(TRANSPORT_TRIES):
+            try:
+                self.requests_made += 1
+                return self.http.request(method, url, **kwargs)
+            except requests.exceptions.SSLError as error:
+                raise CAUnavailable(
+                    f"the CA's TLS certificate did not verify ({url}): {_short(error)}",
+                    hint="If this CA uses a private root, set acme.ca_bundle to its PEM file.",
+                ) from None
+            except requests.exceptions.Timeout:
+                raise CAUnavailable(
+                    f"the CA did not answer within {self.timeout:g} s ({url})"
+                ) from None
+            except requests.exceptions.ConnectionError as error:
+                last = error
+                if self.stop.wait(0.1 * (4**attempt)):
+                    raise Cancelled("stopped while retrying the CA") from None
+            except requests.exceptions.RequestException as error:
+                raise CAUnavailable(f"request to the CA failed ({url}): {_short(error)}") from None
+        raise CAUnavailable(
+            f"cannot reach the CA at {urlsplit(url).netloc} ({url}): {_short(last)}",
+            hint="Check the network, DNS and the acme.directory URL; mamoru retries with backoff.",
+        )
+
+    @staticmethod
+    def _problem(response: requests.Response, context: str = "") -> IssuanceError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        problem = body if isinstance(body, dict) else None
+        return problem_error(
+            problem,
+            status=response.status_code,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            url=response.url,
+            context=context,
+        )
+
+    def _take_nonce(self) -> str:
+        with self._lock:
+            if self._nonces:
+                return self._nonces.pop()
+        response = self._request("HEAD", self.directory()["newNonce"])
+        nonce = response.headers.get("Replay-Nonce")
+        if not nonce:
+            raise self._problem(response, "getting a nonce")
+        return nonce
+
+    def _keep_nonce(self, response: requests.Response) -> None:
+        nonce = response.headers.get("Replay-Nonce")
+        if nonce:
+            with self._lock:
+                self._nonces.append(nonce)
+
+    def post(self, url: str, payload: dict[str, Any] | None, *, accept: str | None = None,
+             context: str = "", use_kid: bool = True) -> requests.Response:
+        """Signed POST (payload None = POST-as-GET, RFC 8555 §6.3). Retries badNonce."""
+        net = self._network()
+        for _ in range(BAD_NONCE_TRIES):
+            nonce = self._take_nonce()
+            saved = net.account
+            if not use_kid:
+                net.account = None
+            try:
+                body = net._wrap_in_jws(_Payload(payload) if payload is not None else None,
+                                        jose.b64.b64decode(nonce), url)
+            finally:
+                net.account = saved
+            headers = {"Content-Type": JOSE}
+            if accept:
+                headers["Accept"] = accept
+            response = self._request("POST", url, data=body, headers=headers)
+            self._keep_nonce(response)
+            if response.ok:
+                return response
+            error = self._problem(response, context)
+            if error.problem_type == ACME_ERROR + "badNonce":
+                log.debug("badNonce from %s; retrying with a fresh nonce", url)
+                continue
+            raise error
+        raise BadNonceExhausted(
+            f"{context + ': ' if context else ''}the CA rejected {BAD_NONCE_TRIES} nonces in a "
+            f"row ({url})"
+        )
+
+    def _network(self) -> ClientNetwork:
+        if self._net is None:
+            raise OrderFailed("no ACME account is loaded (call use_account first)")
+        return self._net
+
+    # -- directory and account ---------------------------------------------------------------
+
+    def directory(self) -> dict[str, Any]:
+        if self._directory is None:
+            response = self._request("GET", self.directory_url)
+            if not response.ok:
+                raise self._problem(response, "fetching the ACME directory")
+            try:
+                body = response.json()
+                _ = body["newNonce"], body["newAccount"], body["newOrder"]
+            except (ValueError, KeyError, TypeError):
+                raise CAUnavailable(
+                    f"{self.directory_url} is not an ACME directory (no newNonce/newAccount/"
+                    "newOrder in its answer)",
+                    hint="Check acme.directory: it must be the CA's ACME directory URL.",
+                ) from None
+            self._directory = body
+        return self._directory
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        meta = self.directory().get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
+    def supports_ari(self) -> bool:
+        return "renewalInfo" in self.directory()
+
+    @property
+    def profiles(self) -> dict[str, str]:
+        profiles = self.meta.get("profiles")
+        return dict(profiles) if isinstance(profiles, dict) else {}
+
+    def use_account(self, key: jose.JWK, *, contact: tuple[str, ...] = (),
+                    eab: tuple[str, str] | None = None) -> str:
+        """Find or create the account for `key` (newAccount returns an existing one, RFC 8555
+        §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
+        `eab` is (kid, base64url HMAC key)."""
+        alg = jose.ES256 if isinstance(key, jose.JWKEC) else jose.RS256
+        self._net = ClientNetwork(key, alg=alg, verify_ssl=bool(self.verify),
+                                  user_agent=USER_AGENT)
+        self._thumbprint = jose.b64.b64encode(key.thumbprint()).decode("ascii")
+        directory = self.directory()
+        payload: dict[str, Any] = {"termsOfServiceAgreed": True}
+        if contact:
+            payload["contact"] = list(contact)
+        if eab is not None:
+            payload["externalAccountBinding"] = messages.ExternalAccountBinding.from_data(
+                account_public_key=key.public_key(), kid=eab[0], hmac_key=eab[1],
+                directory=messages.Directory.from_json(directory))
+        elif self.meta.get("externalAccountRequired"):
+            raise problem_error({"type": ACME_ERROR + "externalAccountRequired",
+                                 "detail": "the CA requires External Account Binding"},
+                                status=None, retry_after=None, url=directory["newAccount"],
+                                context="registering the account")
+        response = self.post(directory["newAccount"], payload, use_kid=False,
+                             context="registering the account")
+        url = response.headers.get("Location")
+        if not url:
+            raise CAUnavailable("the CA created an account but sent no Location header")
+        self.account_url = url
+        self._net.account = messages.RegistrationResource(uri=url, body=messages.Registration())
+        return url
+
+    def key_authorization(self, token: str) -> str:
+        return f"{token}.{self._thumbprint}"
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def new_order(self, names: list[str], *, profile: str | None = None,
+                  replaces: str | None = None) -> Order:
+        """Create an order. With `replaces`, a 409 alreadyReplaced (or a CA that refuses the
+        field) is answered by ordering again without it (RFC 9773 §5)."""
+        payload: dict[str, Any] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        if profile:
+            payload["profile"] = profile
+        url = self.directory()["newOrder"]
+        if replaces:
+            try:
+                response = self.post(url, {**payload, "replaces": replaces},
+                                     context="creating the order")
+                order = Order.from_json(response.headers.get("Location", ""), response.json())
+                order.replaced = replaces
+                return order
+            except IssuanceError as error:
+                if error.status != 409 and error.problem_type != ACME_ERROR + "alreadyReplaced":
+                    raise
+                log.info("CA says %s was already replaced; ordering without replaces", replaces)
+        response = self.post(url, payload, context="creating the order")
+        return Order.from_json(response.headers.get("Location", ""), response.json())
+
+    def get(self, url: str, context: str = "") -> dict[str, Any]:
+        response = self.post(url, None, context=context)
+        body = response.json()
+        self._last_retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return body if isinstance(body, dict) else {}
+
+    def pending_challenges(self, order: Order, challenge_type: str = "http-01"
+                           ) -> list[ChallengeTask]:
+        """The challenges to answer for `order` (authorizations already valid are skipped)."""
+        tasks = []
+        for authz_url in order.authorizations:
+            authz = self.get(authz_url, "fetching an authorization")
+            name = str(authz.get("identifier", {}).get("value", ""))
+            status = authz.get("status")
+            if status == "valid":
+                continue
+            if status != "pending":
+                raise self._authz_error(authz, name, None)
+            chosen = next((c for c in authz.get("challenges", []) if c.get("type") ==
+                           challenge_type), None)
+            if chosen is None:
+                offered = ", ".join(c.get("type", "?") for c in authz.get("challenges", []))
+                raise OrderFailed(f"the CA offers no {challenge_type} challenge for {name} "
+                                  f"(it offers: {offered})")
+            token = str(chosen["token"])
+            tasks.append(ChallengeTask(identifier=name, type=challenge_type, token=token,
+                                       key_authorization=self.key_authorization(token),
+                                       url=str(chosen["url"])))
+        return tasks
+
+    def answer(self, task: ChallengeTask) -> None:
+        self.post(task.url, {}, context=f"answering the challenge for {task.identifier}")
+
+    def wait_authorizations(self, order: Order, tasks: list[ChallengeTask],
+                            deadline: float) -> None:
+        """Poll the answered authorizations until all are valid; raise on the first invalid."""
+        by_url = {url: None for url in order.authorizations}
+        pending = {t.identifier: t for t in tasks}
+        remaining = list(by_url)
+
+        def check() -> bool:
+            nonlocal remaining
+            still = []
+            for url in remaining:
+                authz = self.get(url, "checking an authorization")
+                status = authz.get("status")
+                name = str(authz.get("identifier", {}).get("value", ""))
+                if status == "valid":
+                    continue
+                if status in ("invalid", "deactivated", "expired", "revoked"):
+                    raise self._authz_error(authz, name, pending.get(name))
+                still.append(url)
+            remaining = still
+            return not remaining
+
+        self._poll(check, deadline, "validating the challenges")
+
+    def _authz_error(self, authz: dict[str, Any], name: str, task: ChallengeTask | None
+                     ) -> IssuanceError:
+        problem: dict[str, Any] | None = None
+        for challenge in authz.get("challenges", []):
+            if isinstance(challenge.get("error"), dict):
+                problem = challenge["error"]
+        tried = f" (the CA fetched http://{name}{task.http01_path})" if task else ""
+        error = problem_error(problem or {"type": ACME_ERROR + "unauthorized",
+                                          "detail": f"authorization is {authz.get('status')}"},
+                              status=None, retry_after=None, url=tried.strip(" ()") or name,
+                              context=f"validating {name}")
+        if not isinstance(error, ChallengeFailed | OrderFailed):
+            return ChallengeFailed(str(error), hint=error.hint, problem_type=error.problem_type,
+                                   detail=error.detail)
+        return error
+
+    def finalize(self, order: Order, csr_der: bytes, deadline: float) -> bytes:
+        """Finalize with `csr_der`, wait for the certificate, and return the PEM chain."""
+        csr = jose.b64.b64encode(csr_der).decode("ascii")
+        body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
+        state = {"body": body}
+
+        def ready() -> bool:
+            status = state["body"].get("status")
+            if status == "valid" and state["body"].get("certificate"):
+                return True
+            if status == "invalid":
+                raise problem_error(state["body"].get("error") or {}, status=None,
+                                    retry_after=None, url=order.url,
+                                    context="the order became invalid")
+            state["body"] = self.get(order.url, "checking the order")
+            return False
+
+        self._poll(ready, deadline, "waiting for the certificate")
+        cert_url = state["body"]["certificate"]
+        response = self.post(cert_url, None, accept=PEM_CHAIN, context="downloading the certificate")
+        return response.content
+
+    def _poll(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+        delay = POLL_FIRST
+        self._last_retry_after = None
+        while not done():
+            now = time.monotonic()
+            if now >= deadline:
+                raise CAUnavailable(f"timed out {what}", hint="The CA is slow; mamoru retries.")
+            wait = delay
+            if self._last_retry_after is not None:
+                ask = (self._last_retry_after - datetime.now(UTC)).total_seconds()
+                wait = max(wait, min(ask, 10.0))  # honour Retry-After, but keep polling bounded
+            wait = min(wait, deadline - now)
+            if self.stop.wait(max(wait, 0)):
+                raise Cancelled(f"stopped while {what}")
+            delay = min(delay * 1.5, POLL_MAX)
+
+    # -- ARI and revocation -------------------------------------------------------------------
+
+    def renewal_info(self, cert_pem: bytes, now: datetime | None = None) -> RenewalInfo | None:
+        """The CA's renewal window for `cert_pem`, or None when the CA does not offer ARI.
+        Raises CAUnavailable on failure (callers treat ARI as advisory)."""
+        base = self.directory().get("renewalInfo")
+        if not base:
+            return None
+        now = now or datetime.now(UTC)
+        url = f"{base.rstrip('/')}/{ari_cert_id(cert_pem)}"
+        response = self._request("GET", url)
+        if not response.ok:
+            raise self._problem(response, "fetching renewal info")
+        try:
+            body = response.json()
+            window = body["suggestedWindow"]
+            start = _rfc3339(window["start"])
+            end = _rfc3339(window["end"])
+        except (ValueError, KeyError, TypeError):
+            raise CAUnavailable(f"the CA's renewal info at {url} is malformed") from None
+        retry = parse_retry_after(response.headers.get("Retry-After"), now)
+        # RFC 9773 §4.3: clamp Retry-After to a sane range (1 minute .. 1 day); default 6 hours.
+        low, high = now + timedelta(minutes=1), now + timedelta(days=1)
+        retry = min(max(retry, low), high) if retry else now + timedelta(hours=6)
+        explanation = body.get("explanationURL")
+        return RenewalInfo(start=start, end=end, retry_after=retry,
+                           explanation_url=str(explanation) if explanation else None)
+
+    def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        payload = {"certificate": jose.b64.b64encode(der).decode("ascii"), "reason": reason}
+        self.post(self.directory()["revokeCert"], payload, context="revoking the certificate")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _rfc3339(value: str) -> datetime:
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _short(error: BaseException | None) -> str:
+    text = str(error) if error else "unknown error"
+    # requests wraps urllib3 errors in long reprs; keep the useful tail.
+    for marker in ("Errno", "Connection refused", "Name or service not known",
+                   "Connection reset", "timed out", "certificate verify failed"):
+        if marker in text:
+            index = text.find(marker)
+            return text[index:index + 120].rstrip(")'\"")
+    return text[:200]
+

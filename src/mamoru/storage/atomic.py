@@ -1,0 +1,92 @@
+"""Crash-safe file writes: temp file in the same directory, fsync, rename, fsync the directory.
+
+A reader (a web server, another mamoru) sees the old file or the new one, never a half-written
+one, even across a kill -9 or a power cut. Files are created with their final mode through
+`os.open`, so a private key is never readable by others, not even for an instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+
+from mamoru.errors import StorageError
+
+
+def _describe(error: OSError, path: str) -> StorageError:
+    if error.errno == errno.ENOSPC:
+        return StorageError(
+            f"the disk is full: could not write {path}; the previous files are unchanged",
+            hint="Free some disk space; mamoru retries by itself.",
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(
+            f"permission denied writing {path} ({error.strerror})",
+            hint="Run mamoru as root, or give its user write access to the state and live "
+            "directories (with systemd: ReadWritePaths=).",
+        )
+    return StorageError(f"could not write {path}: {error.strerror}")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: str, mode: int = 0o700, gid: int | None = None) -> None:
+    """Create `path` (and parents) with `mode`; an existing directory keeps its mode."""
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        if gid is not None:
+            st = os.stat(path)
+            if st.st_gid != gid:
+                os.chown(path, -1, gid)
+                os.chmod(path, mode)
+    except OSError as error:
+        raise _describe(error, path) from error
+
+
+def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None,
+               sync_dir: bool = True) -> None:
+    """Atomically replace `path` with `data`, created with `mode` from the first byte."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+            os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; set it exactly
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        if sync_dir:
+            fsync_dir(directory)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _describe(error, path) from error
+
+
+def replace_symlink(link: str, target: str) -> None:
+    """Point `link` at `target` atomically (symlink a temp name, then rename(2) over `link`)."""
+    directory = os.path.dirname(link) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(link)}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        fsync_dir(directory)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _describe(error, link) from error

@@ -1,0 +1,309 @@
+"""Certificate lineages on the local filesystem.
+
+    state/sites/<site>/versions/0007/{privkey,cert,chain,fullchain}.pem + meta.json
+    state/sites/<site>/state.json      renewal bookkeeping (next check, attempts, ARI window)
+    state/sites/<site>/lock            flock(2) held while a run works on the site
+    live/<site> -> ../state/sites/<site>/versions/0007
+
+A version is written whole into a temp directory, fsynced, then renamed into place, so a
+version directory either is complete or does not exist. Going live is one rename(2) of a
+symlink: a web server reading live/<site>/ sees the old key and certificate pair or the new
+pair, never one of each. Keys are 0600 (0640 with a key group) from the moment they exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import grp
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+
+from mamoru.errors import LockBusy, StorageError
+from mamoru.storage.atomic import _describe, ensure_dir, fsync_dir, replace_symlink, write_file
+
+_VERSION = re.compile(r"\d{4,}\Z")
+KEEP_VERSIONS = 5
+
+
+@dataclass(frozen=True)
+class CertVersion:
+    """One stored certificate with its key, as files on disk plus parsed metadata."""
+
+    site: str
+    number: int
+    path: str
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.number:04d}"
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def read(self, name: str) -> bytes:
+        with open(self.file(name), "rb") as handle:
+            return handle.read()
+
+    @property
+    def not_before(self) -> datetime:
+        return datetime.fromisoformat(self.meta["not_before"])
+
+    @property
+    def not_after(self) -> datetime:
+        return datetime.fromisoformat(self.meta["not_after"])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.meta.get("names", []))
+
+
+def cert_meta(cert_pem: bytes, **extra: Any) -> dict[str, Any]:
+    """The metadata mamoru keeps beside a certificate (what renewal and status need)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    return {
+        "serial": format(cert.serial_number, "x"),
+        "names": names,
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "issuer": cert.issuer.rfc4514_string(),
+        **extra,
+    }
+
+
+def split_chain(chain_pem: bytes) -> tuple[bytes, bytes]:
+    """(leaf PEM, rest of the chain PEM) from a PEM chain as the CA sent it."""
+    marker = b"-----END CERTIFICATE-----"
+    index = chain_pem.find(marker)
+    if index < 0:
+        raise StorageError("the CA sent no certificate in PEM form")
+    end = index + len(marker)
+    leaf = chain_pem[:end].strip() + b"\n"
+    rest = chain_pem[end:].strip()
+    return leaf, (rest + b"\n") if rest else b""
+
+
+class SiteLock:
+    """An exclusive flock(2) on a site; released by close() or by the process dying."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SiteLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FileStorage:
+    """The filesystem implementation of the Storage seam.
+
+    Methods may run concurrently for different sites; for one site, callers hold `lock(site)`.
+    Every method raises StorageError (with a plain-words message) on I/O failure.
+    """
+
+    def __init__(self, state_dir: str, live_dir: str, key_group: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.live_dir = live_dir
+        self.gid = grp.getgrnam(key_group).gr_gid if key_group else None
+        self.dir_mode = 0o750 if self.gid is not None else 0o700
+        self.key_mode = 0o640 if self.gid is not None else 0o600
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def site_dir(self, site: str) -> str:
+        return os.path.join(self.state_dir, "sites", site)
+
+    def versions_dir(self, site: str) -> str:
+        return os.path.join(self.site_dir(site), "versions")
+
+    def live_path(self, site: str) -> str:
+        return os.path.join(self.live_dir, site)
+
+    def _prepare(self, site: str) -> None:
+        ensure_dir(self.state_dir, self.dir_mode, self.gid)
+        ensure_dir(os.path.join(self.state_dir, "sites"), self.dir_mode, self.gid)
+        ensure_dir(self.site_dir(site), self.dir_mode, self.gid)
+        ensure_dir(self.versions_dir(site), self.dir_mode, self.gid)
+
+    # -- locking -------------------------------------------------------------------------------
+
+    def lock(self, site: str, timeout: float = 0.0) -> SiteLock:
+        """Hold the site's lock. Waits up to `timeout` seconds, then raises LockBusy."""
+        self._prepare(site)
+        path = os.path.join(self.site_dir(site), "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return SiteLock(fd)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockBusy(f"site {site} is being worked on by another mamoru process")
+                time.sleep(0.05)
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def _numbers(self, site: str) -> list[int]:
+        try:
+            names = os.listdir(self.versions_dir(site))
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if _VERSION.match(n))
+
+    def store(self, site: str, key_pem: bytes, chain_pem: bytes, meta: dict[str, Any]
+              ) -> CertVersion:
+        """Write a new, complete version (not yet live). Returns it."""
+        self._prepare(site)
+        leaf, chain = split_chain(chain_pem)
+        numbers = self._numbers(site)
+        number = (numbers[-1] + 1) if numbers else 1
+        versions = self.versions_dir(site)
+        tmp = os.path.join(versions, f".{number:04d}.{secrets.token_hex(4)}.tmp")
+        final = os.path.join(versions, f"{number:04d}")
+        meta = {**cert_meta(leaf), **meta, "version": number,
+                "stored_at": datetime.now(UTC).isoformat()}
+        try:
+            os.mkdir(tmp, self.dir_mode)
+            if self.gid is not None:
+                os.chown(tmp, -1, self.gid)
+                os.chmod(tmp, self.dir_mode)
+            write_file(os.path.join(tmp, "privkey.pem"), key_pem, self.key_mode, self.gid,
+                       sync_dir=False)
+            for name, data in (("cert.pem", leaf), ("chain.pem", chain),
+                               ("fullchain.pem", leaf + chain)):
+                write_file(os.path.join(tmp, name), data, 0o644, self.gid, sync_dir=False)
+            write_file(os.path.join(tmp, "meta.json"),
+                       json.dumps(meta, indent=2, sort_keys=True).encode(), 0o644, self.gid,
+                       sync_dir=False)
+            fsync_dir(tmp)
+            os.rename(tmp, final)
+            fsync_dir(versions)
+        except StorageError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _describe(error, final) from error
+        return CertVersion(site, number, final, meta)
+
+    def load_version(self, site: str, number: int) -> CertVersion | None:
+        path = os.path.join(self.versions_dir(site), f"{number:04d}")
+        try:
+            with open(os.path.join(path, "meta.json"), encoding="utf-8") as handle:
+                meta = json.load(handle)
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+            meta["not_after"], meta["not_before"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, OSError):
+            # A damaged meta.json: rebuild it from the certificate, which is the truth.
+            try:
+                with open(os.path.join(path, "cert.pem"), "rb") as handle:
+                    meta = cert_meta(handle.read(), rebuilt=True)
+            except (OSError, ValueError):
+                return None
+        return CertVersion(site, number, path, meta)
+
+    def live(self, site: str) -> CertVersion | None:
+        """The version live/<site> points at, or None."""
+        try:
+            target = os.readlink(self.live_path(site))
+        except OSError:
+            return None
+        name = os.path.basename(target.rstrip("/"))
+        if not _VERSION.match(name):
+            return None
+        return self.load_version(site, int(name))
+
+    def latest(self, site: str) -> CertVersion | None:
+        for number in reversed(self._numbers(site)):
+            version = self.load_version(site, number)
+            if version is not None:
+                return version
+        return None
+
+    def activate(self, version: CertVersion) -> CertVersion | None:
+        """Point live/<site> at `version` atomically. Returns the version it pointed at before."""
+        previous = self.live(version.site)
+        ensure_dir(self.live_dir, 0o755)
+        link = self.live_path(version.site)
+        if os.path.lexists(link) and not os.path.islink(link):
+            raise StorageError(f"{link} exists and is not a symlink mamoru made; move it away")
+        target = os.path.relpath(version.path, os.path.dirname(link))
+        replace_symlink(link, target)
+        return previous
+
+    def deactivate(self, site: str) -> None:
+        """Remove live/<site> (used to roll back a site's very first install)."""
+        link = self.live_path(site)
+        if os.path.islink(link):
+            os.unlink(link)
+            fsync_dir(self.live_dir)
+
+    def prune(self, site: str, keep: int = KEEP_VERSIONS) -> None:
+        """Delete old versions, never the live one; stale temp directories too."""
+        live = self.live(site)
+        numbers = self._numbers(site)
+        for number in numbers[:-keep]:
+            if live is not None and number == live.number:
+                continue
+            shutil.rmtree(os.path.join(self.versions_dir(site), f"{number:04d}"),
+                          ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.versions_dir(site)):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    shutil.rmtree(os.path.join(self.versions_dir(site), name), ignore_errors=True)
+
+    # -- per-site state --------------------------------------------------------------------------
+
+    def load_state(self, site: str) -> dict[str, Any]:
+        """Renewal bookkeeping for `site` ({} when there is none or it is unreadable)."""
+        try:
+            with open(os.path.join(self.site_dir(site), "state.json"), encoding="utf-8") as h:
+                data = json.load(h)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self, site: str, data: dict[str, Any]) -> None:
+        self._prepare(site)
+        write_file(os.path.join(self.site_dir(site), "state.json"),
+                   json.dumps(data, indent=2, sort_keys=True, default=str).encode(), 0o600)
+
+    def sites(self) -> Iterator[str]:
+        try:
+            names = sorted(os.listdir(os.path.join(self.state_dir, "sites")))
+        except FileNotFoundError:
+            return
+        yield from names
+
+
+def is_enospc(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC
