@@ -59,6 +59,13 @@ class App:
                 self.events.emit("account", None, f"using ACME account {url}", account=url)
         return session
 
+    def session_stats(self) -> dict[str, int]:
+        """Requests made to the CA and badNonce retries, for summaries and benchmarks."""
+        if self._session is None:
+            return {"requests": 0, "bad_nonce_retries": 0}
+        return {"requests": self._session.requests_made,
+                "bad_nonce_retries": self._session.bad_nonces}
+
     def reset_session(self) -> None:
         """Forget the session (after a config reload, or when the CA forgot our account)."""
         with self._lock:

@@ -123,11 +123,12 @@ def cmd_provision(args: argparse.Namespace) -> int:
     app = build_app(settings)
     try:
         outcomes = run_sites(app, sites, force=args.force, dry_run=args.dry_run)
+        stats = app.session_stats()
     finally:
         app.reset_session()
     if args.json:
         print(json.dumps({"sites": [o.to_json() for o in outcomes],
-                          "ok": all(o.ok for o in outcomes)}, indent=2))
+                          "ok": all(o.ok for o in outcomes), "ca": stats}, indent=2))
     else:
         for outcome in outcomes:
             if outcome.version is not None and outcome.status in ("issued", "renewed"):

@@ -165,6 +165,7 @@ class AcmeSession:
         self.account_url: str | None = None
         self._thumbprint = ""
         self.requests_made = 0
+        self.bad_nonces = 0
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class AcmeSession:
             error = self._problem(response, context)
             if error.problem_type == ACME_ERROR + "badNonce":
                 log.debug("badNonce from %s; retrying with a fresh nonce", url)
+                self.bad_nonces += 1
                 continue
             raise error
         raise BadNonceExhausted(

@@ -1,0 +1,152 @@
+"""Lineage storage: whole versions, atomic live flips, 0600 keys from creation, locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from mamoru.errors import LockBusy, StorageError
+from mamoru.storage import FileStorage
+from mamoru.storage.atomic import write_file
+
+
+def make_chain(names: list[str], days: int = 90) -> tuple[bytes, bytes]:
+    """(key PEM, leaf+issuer PEM chain) signed by a throwaway CA."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=999))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, leaf.public_bytes(pem) + ca.public_bytes(pem)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> FileStorage:
+    return FileStorage(str(tmp_path / "state"), str(tmp_path / "live"))
+
+
+def test_store_writes_a_complete_version_with_private_modes(storage: FileStorage) -> None:
+    key, chain = make_chain(["clinic.example", "www.clinic.example"])
+    version = storage.store("clinic", key, chain, {"key": "ec-p256"})
+    assert version.number == 1
+    assert sorted(os.listdir(version.path)) == ["cert.pem", "chain.pem", "fullchain.pem",
+                                                "meta.json", "privkey.pem"]
+    assert stat.S_IMODE(os.stat(version.file("privkey.pem")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(storage.site_dir("clinic")).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(storage.state_dir).st_mode) == 0o700
+    assert version.read("fullchain.pem") == version.read("cert.pem") + version.read("chain.pem")
+    assert version.names == ["clinic.example", "www.clinic.example"]
+    assert version.meta["key"] == "ec-p256"
+    assert storage.live("clinic") is None  # stored, not yet live
+
+
+def test_activate_flips_one_symlink_and_returns_the_previous(storage: FileStorage) -> None:
+    first = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    assert storage.activate(first) is None
+    second = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    previous = storage.activate(second)
+    assert previous is not None and previous.number == 1
+    link = storage.live_path("clinic")
+    assert os.path.islink(link)
+    assert not os.path.isabs(os.readlink(link))  # relative: survives a moved prefix
+    live = storage.live("clinic")
+    assert live is not None and live.number == 2
+    with open(os.path.join(link, "cert.pem"), "rb") as handle:
+        assert handle.read() == second.read("cert.pem")
+
+
+def test_live_path_that_is_not_ours_is_never_replaced(storage: FileStorage) -> None:
+    os.makedirs(storage.live_path("clinic"))
+    version = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    with pytest.raises(StorageError, match="not a symlink mamoru made"):
+        storage.activate(version)
+
+
+def test_prune_keeps_recent_and_live(storage: FileStorage) -> None:
+    versions = [storage.store("clinic", *make_chain(["clinic.example"]), {}) for _ in range(8)]
+    storage.activate(versions[0])
+    storage.prune("clinic", keep=3)
+    left = sorted(os.listdir(storage.versions_dir("clinic")))
+    assert left == ["0001", "0006", "0007", "0008"]
+
+
+def test_corrupt_meta_is_rebuilt_from_the_certificate(storage: FileStorage) -> None:
+    version = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    storage.activate(version)
+    Path(version.file("meta.json")).write_text("{not json")
+    live = storage.live("clinic")
+    assert live is not None
+    assert live.meta["rebuilt"] is True
+    assert live.names == ["clinic.example"]
+
+
+def test_lock_excludes_a_second_holder(storage: FileStorage) -> None:
+    with storage.lock("clinic"):
+        with pytest.raises(LockBusy):
+            storage.lock("clinic", timeout=0.1)
+    storage.lock("clinic").close()  # released
+
+
+def test_lock_waits_for_the_holder(storage: FileStorage) -> None:
+    held = storage.lock("clinic")
+    threading.Timer(0.2, held.close).start()
+    storage.lock("clinic", timeout=5).close()
+
+
+def test_write_file_creates_with_mode_and_leaves_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "secret.pem"
+    old_umask = os.umask(0)
+    try:
+        write_file(str(path), b"data", mode=0o600)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["secret.pem"]
+
+
+def test_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"old")
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.geteuid() == 0:
+            # root ignores directory modes; use an impossible target instead
+            with pytest.raises(StorageError):
+                write_file(str(tmp_path / "missing-dir" / "file"), b"new")
+        else:
+            with pytest.raises(StorageError, match="permission denied"):
+                write_file(str(path), b"new")
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert path.read_bytes() == b"old"
+
+
+def test_state_roundtrip_and_unreadable_state(storage: FileStorage) -> None:
+    assert storage.load_state("clinic") == {}
+    storage.save_state("clinic", {"attempts": 2})
+    assert storage.load_state("clinic") == {"attempts": 2}
+    Path(storage.site_dir("clinic"), "state.json").write_text("[broken")
+    assert storage.load_state("clinic") == {}
