@@ -71,7 +71,8 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
                 next_due = schedule.record_skip(site, app, decision)
                 events.emit("skipped", site.name, f"certificate still good; next renewal "
                             f"{next_due:%Y-%m-%d %H:%M} UTC ({decision.why})", next_due=next_due,
-                            why=decision.why, serial=current.meta.get("serial") if current else None)
+                            why=decision.why,
+                            serial=current.meta.get("serial") if current else None)
                 return Outcome(site.name, "skipped", decision, current, next_due=next_due,
                                duration=time.monotonic() - started)
 

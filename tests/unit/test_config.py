@@ -102,7 +102,8 @@ def test_all_problems_reported_at_once_with_lines() -> None:
         ("acme: {timeout: yes}\nsites: {a: {domains: [a.example], challenge: {webroot: /w}}}\n",
          "must be a number, not a true/false"),
         ("acme: {directory: http://10.0.0.1/dir}\nsites: {}\n", "must be letsencrypt"),
-        ("sites:\n  a: {domains: [a.example], challenge: {webroot: /w}}\n  a: {domains: [b.example]}\n",
+        ("sites:\n  a: {domains: [a.example], challenge: {webroot: /w}}\n"
+         "  a: {domains: [b.example]}\n",
          "duplicate key (first at line 2)"),
         ("sites: {a: {domains: [a.example], challenge: {webroot: /w}, "
          "server: {type: nginx}}}\n", "conf_dir: is required for nginx"),

@@ -45,7 +45,7 @@ def test_valid_names(raw: str, expected: str) -> None:
         ("-bad.example", "hyphen"),
         ("bad-.example", "hyphen"),
         ("under_score.example", "letters, digits and hyphens"),
-        ("pаypal.com", "mixes scripts"),  # Cyrillic а
+        ("p\u0430ypal.com", "mixes scripts"),  # Cyrillic a
         ("xn--zz.example", "invalid"),
         ("clinic.123", "all digits"),
         ("", "empty"),

@@ -26,13 +26,15 @@ def make_chain(names: list[str], days: int = 90) -> tuple[bytes, bytes]:
     now = dt.datetime.now(dt.UTC)
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=999))
+          .not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=999))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
     leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                            False)
@@ -104,9 +106,8 @@ def test_corrupt_meta_is_rebuilt_from_the_certificate(storage: FileStorage) -> N
 
 
 def test_lock_excludes_a_second_holder(storage: FileStorage) -> None:
-    with storage.lock("clinic"):
-        with pytest.raises(LockBusy):
-            storage.lock("clinic", timeout=0.1)
+    with storage.lock("clinic"), pytest.raises(LockBusy):
+        storage.lock("clinic", timeout=0.1)
     storage.lock("clinic").close()  # released
 
 

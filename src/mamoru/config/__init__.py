@@ -1,4 +1,4 @@
-"""The config: a typed model (model.py), its defaults (defaults.py) and a strict loader (load.py)."""
+"""The config: a typed model (model.py), its defaults (defaults.py), a strict loader (load.py)."""
 
 from mamoru.config.load import find_config_path, load_config, load_config_text
 from mamoru.config.model import Settings, Site

@@ -61,7 +61,9 @@ def load_config(path: str) -> Settings:
             [ConfigProblem(path, None, "", "no such file (give one with --config FILE)")]
         ) from None
     except OSError as error:
-        raise ConfigError([ConfigProblem(path, None, "", f"cannot read: {error.strerror}")])
+        raise ConfigError(
+            [ConfigProblem(path, None, "", f"cannot read: {error.strerror}")]
+        ) from None
     if len(data) > _MAX_BYTES:
         raise ConfigError([ConfigProblem(path, None, "", "file is larger than 1 MiB")])
     try:
@@ -71,7 +73,9 @@ def load_config(path: str) -> Settings:
     return load_config_text(text, path, file_mode=mode)
 
 
-def load_config_text(text: str, filename: str = "<config>", file_mode: int | None = None) -> Settings:
+def load_config_text(
+    text: str, filename: str = "<config>", file_mode: int | None = None
+) -> Settings:
     """Validate config `text` (named `filename` in messages). Raises ConfigError."""
     ctx = _Context(filename)
     root = _parse(text, ctx)
@@ -111,16 +115,16 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.MarkedYAMLError(
                 None, None, "aliases (*name) are not allowed in a mamoru config", event.start_mark
             )
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if getattr(event, "anchor", None) is not None:
             raise yaml.MarkedYAMLError(
                 None, None, "anchors (&name) are not allowed in a mamoru config", event.start_mark
             )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        return super().compose_node(parent, index)
 
 
 def _parse(text: str, ctx: _Context) -> _Node | None:
@@ -243,7 +247,7 @@ class _Map:
             return default if default is not _MISSING else None
         return value
 
-    def str(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None
+    def text(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None
             ) -> Any:
         value = self.value(key, (str,), "a string", default)
         if isinstance(value, str) and choices is not None and value not in choices:
@@ -264,11 +268,11 @@ class _Map:
             return default
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         return bool(self.value(key, (bool,), "true or false", default))
 
     def path_value(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.str(key, default)
+        value = self.text(key, default)
         if isinstance(value, str) and value and not os.path.isabs(value):
             self.ctx.error(self.key_line(key), self._child_path(key),
                            f"{value!r} must be an absolute path")
@@ -370,7 +374,7 @@ def is_loopback(host: str) -> bool:
 def _secret(m: _Map, key: str, file_key: str, ctx: _Context, file_mode: int | None
             ) -> Secret | None:
     """A secret given inline (`key`) or in a file (`file_key`), never both."""
-    inline = m.str(key, None)
+    inline = m.text(key, None)
     file_path = m.path_value(file_key, None)
     if inline and file_path:
         ctx.error(m.key_line(key), m._child_path(key), f"give {key} or {file_key}, not both")
@@ -429,7 +433,7 @@ def _build(root: _Node, ctx: _Context, file_mode: int | None) -> Settings | None
 
 
 def _acme(m: _Map, ctx: _Context, file_mode: int | None) -> AcmeSettings:
-    directory = m.str("directory", D.DEFAULTS["acme.directory"])
+    directory = m.text("directory", D.DEFAULTS["acme.directory"])
     url = D.DIRECTORIES.get(directory, directory) if isinstance(directory, str) else ""
     if isinstance(directory, str) and directory not in D.DIRECTORIES:
         from urllib.parse import urlsplit
@@ -458,14 +462,14 @@ def _acme(m: _Map, ctx: _Context, file_mode: int | None) -> AcmeSettings:
     eab = None
     eab_map = m.sub("eab")
     if eab_map.present:
-        kid = eab_map.str("kid")
+        kid = eab_map.text("kid")
         hmac = _secret(eab_map, "hmac_key", "hmac_key_file", ctx, file_mode)
         if hmac is None and not (eab_map.has("hmac_key") or eab_map.has("hmac_key_file")):
             ctx.error(eab_map.line, "acme.eab", "needs hmac_key or hmac_key_file")
         if kid and hmac:
             eab = Eab(kid=kid, hmac_key=hmac)
         eab_map.finish()
-    profile = m.str("profile", None)
+    profile = m.text("profile", None)
     settings = AcmeSettings(
         directory=url,
         ca_bundle=ca_bundle,
@@ -488,11 +492,12 @@ def _paths(m: _Map) -> Paths:
         state=m.path_value("state", D.DEFAULTS["paths.state"]),
         live=m.path_value("live", D.DEFAULTS["paths.live"]),
         event_log=m.path_value("event_log", D.DEFAULTS["paths.event_log"]),
-        event_log_max_bytes=m.number("event_log_max_bytes", D.DEFAULTS["paths.event_log_max_bytes"],
+        event_log_max_bytes=m.number("event_log_max_bytes",
+                                     D.DEFAULTS["paths.event_log_max_bytes"],
                                      minimum=4096, maximum=2**40, integer=True),
         event_log_keep=m.number("event_log_keep", D.DEFAULTS["paths.event_log_keep"], minimum=0,
                                 maximum=1000, integer=True),
-        key_group=m.str("key_group", None),
+        key_group=m.text("key_group", None),
     )
     if paths.key_group:
         import grp
@@ -511,7 +516,8 @@ def _renewal(m: _Map) -> RenewalSettings:
         check_interval_hours=m.number("check_interval_hours",
                                       D.DEFAULTS["renewal.check_interval_hours"],
                                       minimum=0.01, maximum=24 * 7),
-        retry_first_seconds=m.number("retry_first_seconds", D.DEFAULTS["renewal.retry_first_seconds"],
+        retry_first_seconds=m.number("retry_first_seconds",
+                                     D.DEFAULTS["renewal.retry_first_seconds"],
                                      minimum=1, maximum=86400),
         retry_max_seconds=m.number("retry_max_seconds", D.DEFAULTS["renewal.retry_max_seconds"],
                                    minimum=1, maximum=7 * 86400),
@@ -540,12 +546,12 @@ def _alerts(m: _Map, ctx: _Context, file_mode: int | None) -> AlertSettings:
                 else:
                     to.append(item.value)
         email = EmailAlerts(
-            host=em.str("host"),
+            host=em.text("host"),
             port=em.number("port", 587, minimum=1, maximum=65535, integer=True),
-            sender=em.str("from"),
+            sender=em.text("from"),
             to=tuple(to),
-            starttls=em.bool("starttls", True),
-            username=em.str("username", None),
+            starttls=em.flag("starttls", True),
+            username=em.text("username", None),
             password=_secret(em, "password", "password_file", ctx, file_mode),
             timeout=em.number("timeout", 10, minimum=1, maximum=120),
         )
@@ -553,7 +559,7 @@ def _alerts(m: _Map, ctx: _Context, file_mode: int | None) -> AlertSettings:
     webhook = None
     wh = m.sub("webhook")
     if wh.present:
-        url = wh.str("url")
+        url = wh.text("url")
         if isinstance(url, str) and not url.startswith(("https://", "http://")):
             ctx.error(wh.key_line("url"), "alerts.webhook.url", f"{url!r} is not an http(s) URL")
         webhook = WebhookAlerts(
@@ -631,8 +637,8 @@ def _site(name: str, m: _Map, ctx: _Context, line: int) -> Site | None:
                 ctx.error(item.line, item_path, f"{domain} is listed twice")
                 continue
             domains.append(domain)
-    key = m.str("key", D.DEFAULTS["site.key"], choices=D.KEY_TYPES)
-    profile = m.str("profile", None)
+    key = m.text("key", D.DEFAULTS["site.key"], choices=D.KEY_TYPES)
+    profile = m.text("profile", None)
     challenge = _challenge(m.sub("challenge"), ctx, domains)
     server = _server(m.sub("server"), ctx)
     m.finish()
@@ -643,10 +649,10 @@ def _site(name: str, m: _Map, ctx: _Context, line: int) -> Site | None:
 
 
 def _challenge(m: _Map, ctx: _Context, domains: list[str]) -> Challenge:
-    ctype = m.str("type", D.DEFAULTS["challenge.type"], choices=D.CHALLENGE_TYPES)
+    ctype = m.text("type", D.DEFAULTS["challenge.type"], choices=D.CHALLENGE_TYPES)
     webroot = m.path_value("webroot", None)
     standalone = _address(m, "standalone", default_host="127.0.0.1")
-    public = m.bool("standalone_public", False)
+    public = m.flag("standalone_public", False)
     if webroot and standalone:
         ctx.error(m.key_line("standalone"), m.path, "give webroot or standalone, not both")
     elif not webroot and not standalone:
@@ -669,11 +675,11 @@ def _server(m: _Map, ctx: _Context) -> Server:
     if not m.present:
         m.finish()
         return Server()
-    stype = m.str("type", D.DEFAULTS["server.type"], choices=D.SERVER_TYPES)
-    mode = m.str("mode", D.DEFAULTS["server.mode"], choices=D.SERVER_MODES)
+    stype = m.text("type", D.DEFAULTS["server.type"], choices=D.SERVER_TYPES)
+    mode = m.text("mode", D.DEFAULTS["server.mode"], choices=D.SERVER_MODES)
     listen = m.sub("listen")
-    https = _listen(listen, "https", D.DEFAULTS["server.listen.https"])
-    http = _listen(listen, "http", D.DEFAULTS["server.listen.http"])
+    https = _listen(listen, "https", str(D.DEFAULTS["server.listen.https"]))
+    http = _listen(listen, "http", str(D.DEFAULTS["server.listen.http"]))
     listen.finish()
     server = Server(
         type=stype,
@@ -685,7 +691,7 @@ def _server(m: _Map, ctx: _Context) -> Server:
         test=m.argv("test"),
         reload=m.argv("reload"),
         verify=_address(m, "verify", default_host="127.0.0.1"),
-        redirect=m.bool("redirect", bool(D.DEFAULTS["server.redirect"])),
+        redirect=m.flag("redirect", bool(D.DEFAULTS["server.redirect"])),
         hsts=m.number("hsts", D.DEFAULTS["server.hsts"], minimum=0, maximum=2 * 365 * 86400,
                       integer=True),
         command_timeout=m.number("command_timeout", D.DEFAULTS["server.command_timeout"],
@@ -710,7 +716,8 @@ def _listen(m: _Map, key: str, default: str) -> str:
         return default
     raw = str(node.value) if isinstance(node.value, int) and not isinstance(node.value, bool) \
         else node.value
-    if not isinstance(raw, str) or parse_address(raw, "0.0.0.0") is None:
+    any_host = "0.0.0.0"  # noqa: S104 - only parsed, never bound
+    if not isinstance(raw, str) or parse_address(raw, any_host) is None:
         m.ctx.error(node.line, f"{m.path}.{key}", f"{raw!r} must be a port or \"ADDRESS:PORT\"")
         return default
     return raw

@@ -97,7 +97,9 @@ def normalize_domain(raw: object) -> str:
             try:
                 label = idna.encode(label, uts46=True).decode("ascii")
             except idna.IDNAError as error:
-                raise NameError_(f"{original!r} is not a valid internationalised name: {error}")
+                raise NameError_(
+                    f"{original!r} is not a valid internationalised name: {error}"
+                ) from None
         label = label.lower()
         if len(label) > 63:
             raise NameError_(f"{original!r} has a label of {len(label)} characters (at most 63)")
@@ -110,7 +112,7 @@ def normalize_domain(raw: object) -> str:
             try:
                 idna.decode(label)
             except idna.IDNAError as error:
-                raise NameError_(f"{original!r} has an invalid punycode label: {error}")
+                raise NameError_(f"{original!r} has an invalid punycode label: {error}") from None
         out.append(label)
     if out[-1].isdigit():
         raise NameError_(f"{original!r}: the last label cannot be all digits")

@@ -16,8 +16,8 @@ import re
 import time
 from urllib.parse import urlsplit
 
-import josepy as jose
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwk import JWK, JWKEC
 
 from mamoru.config.model import AcmeSettings
 from mamoru.protocol.keys import key_pem, load_key
@@ -35,13 +35,13 @@ def account_dir(state_dir: str, directory_url: str) -> str:
     return os.path.join(state_dir, "accounts", f"{host}{port}", digest)
 
 
-def load_or_create_key(directory: str) -> tuple[jose.JWK, bool]:
+def load_or_create_key(directory: str) -> tuple[JWK, bool]:
     """The account key in `directory` (created 0600 if missing). Returns (key, created)."""
     ensure_dir(directory, 0o700)
     path = os.path.join(directory, "key.pem")
     try:
         with open(path, "rb") as handle:
-            return jose.JWKEC(key=load_key(handle.read())), False
+            return JWKEC(key=load_key(handle.read())), False
     except FileNotFoundError:
         pass
     except (ValueError, TypeError) as error:
@@ -51,7 +51,7 @@ def load_or_create_key(directory: str) -> tuple[jose.JWK, bool]:
                     path, error, aside)
     key = ec.generate_private_key(ec.SECP256R1())  # ES256: small, fast to sign
     write_file(path, key_pem(key), mode=0o600)
-    return jose.JWKEC(key=key), True
+    return JWKEC(key=key), True
 
 
 def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:

@@ -97,8 +97,11 @@ def problem_error(
                 parts.append(f"{name}: {sub.get('detail', '')}")
         if parts:
             detail = f"{detail} ({'; '.join(parts)})" if detail else "; ".join(parts)
-    cls, hint = _TABLE.get(short, (None, ""))  # type: ignore[assignment]
-    if cls is None:
+    entry = _TABLE.get(short)
+    cls: type[IssuanceError]
+    if entry is not None:
+        cls, hint = entry
+    else:
         if status == 429:
             cls, hint = RateLimited, "The CA asked to slow down; mamoru retries later."
         elif status is not None and (status >= 500 or status in (408, 425)):

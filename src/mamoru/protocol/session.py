@@ -26,12 +26,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import josepy as jose
 import requests
 from acme import messages
 from acme.client import ClientNetwork
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from josepy import b64
+from josepy.interfaces import JSONDeSerializable
+from josepy.jwa import ES256, RS256
+from josepy.jwk import JWK, JWKEC
 
 from mamoru import __version__
 from mamoru.errors import (
@@ -102,7 +105,7 @@ class RenewalInfo:
     retry_after: datetime  # when to ask again
 
 
-class _Payload(jose.JSONDeSerializable):  # type: ignore[misc]
+class _Payload(JSONDeSerializable):
     """A plain JSON object as a JWS payload (so new fields like `replaces` need no subclass)."""
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -241,7 +244,7 @@ class AcmeSession:
                 net.account = None
             try:
                 body = net._wrap_in_jws(_Payload(payload) if payload is not None else None,
-                                        jose.b64.b64decode(nonce), url)
+                                        b64.b64decode(nonce), url)  # type: ignore[arg-type]
             finally:
                 net.account = saved
             headers = {"Content-Type": JOSE}
@@ -300,15 +303,15 @@ class AcmeSession:
         profiles = self.meta.get("profiles")
         return dict(profiles) if isinstance(profiles, dict) else {}
 
-    def use_account(self, key: jose.JWK, *, contact: tuple[str, ...] = (),
+    def use_account(self, key: JWK, *, contact: tuple[str, ...] = (),
                     eab: tuple[str, str] | None = None) -> str:
         """Find or create the account for `key` (newAccount returns an existing one, RFC 8555
         §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
         `eab` is (kid, base64url HMAC key)."""
-        alg = jose.ES256 if isinstance(key, jose.JWKEC) else jose.RS256
+        alg = ES256 if isinstance(key, JWKEC) else RS256
         self._net = ClientNetwork(key, alg=alg, verify_ssl=bool(self.verify),
                                   user_agent=USER_AGENT)
-        self._thumbprint = jose.b64.b64encode(key.thumbprint()).decode("ascii")
+        self._thumbprint = b64.b64encode(key.thumbprint()).decode("ascii")
         directory = self.directory()
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
@@ -433,7 +436,7 @@ class AcmeSession:
 
     def finalize(self, order: Order, csr_der: bytes, deadline: float) -> bytes:
         """Finalize with `csr_der`, wait for the certificate, and return the PEM chain."""
-        csr = jose.b64.b64encode(csr_der).decode("ascii")
+        csr = b64.b64encode(csr_der).decode("ascii")
         body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
         state = {"body": body}
 
@@ -450,7 +453,8 @@ class AcmeSession:
 
         self._poll(ready, deadline, "waiting for the certificate")
         cert_url = state["body"]["certificate"]
-        response = self.post(cert_url, None, accept=PEM_CHAIN, context="downloading the certificate")
+        response = self.post(cert_url, None, accept=PEM_CHAIN,
+                             context="downloading the certificate")
         return response.content
 
     def _poll(self, done: Callable[[], bool], deadline: float, what: str) -> None:
@@ -500,7 +504,7 @@ class AcmeSession:
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
         cert = x509.load_pem_x509_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
-        payload = {"certificate": jose.b64.b64encode(der).decode("ascii"), "reason": reason}
+        payload = {"certificate": b64.b64encode(der).decode("ascii"), "reason": reason}
         self.post(self.directory()["revokeCert"], payload, context="revoking the certificate")
 
     def close(self) -> None:

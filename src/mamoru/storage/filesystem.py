@@ -164,7 +164,9 @@ class FileStorage:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise LockBusy(f"site {site} is being worked on by another mamoru process")
+                    raise LockBusy(
+                        f"site {site} is being worked on by another mamoru process"
+                    ) from None
                 time.sleep(0.05)
 
     # -- versions ------------------------------------------------------------------------------
