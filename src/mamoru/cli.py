@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     verb("check-config", "validate the config and list every problem with its line",
          cmd_check_config)
 
+    p = verb("check", "look at live sites the way a patient's browser does", cmd_check)
+    p.add_argument("targets", nargs="*", metavar="URL|SITE",
+                   help="URLs or host names, or configured site names (default: every site)")
+    p.add_argument("--json", action="store_true", help="JSON output for scripts and vendors")
+    p.add_argument("--ca-bundle", metavar="FILE", help="trust these roots instead of the system's")
+    p.add_argument("--connect", metavar="HOST:PORT",
+                   help="connect here for HTTPS while using the real host name")
+    p.add_argument("--http-connect", metavar="HOST:PORT",
+                   help="connect here for the plain-HTTP checks (default: HOST:80 of --connect)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per connection")
+
     p = verb("revoke", "revoke a site's current certificate", cmd_revoke)
     p.add_argument("site", metavar="SITE")
     p.add_argument("--reason", default="unspecified",
@@ -165,6 +177,44 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                     f"({args.reason}); run `mamoru provision --force {site.name}` for a new one",
                     serial=current.meta.get("serial"), reason=args.reason)
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from mamoru.check import check_url, exit_code, render_table, to_json
+    from mamoru.config.load import parse_address
+    from mamoru.errors import UsageError
+
+    connect = parse_address(args.connect, "127.0.0.1") if args.connect else None
+    http_connect = parse_address(args.http_connect, "127.0.0.1") if args.http_connect else None
+    if (args.connect and connect is None) or (args.http_connect and http_connect is None):
+        raise UsageError("--connect and --http-connect take HOST:PORT")
+    if connect and not http_connect:
+        http_connect = (connect[0], 80)
+    site_names = [t for t in args.targets if "." not in t and "/" not in t]
+    urls = [t for t in args.targets if t not in site_names]
+    reports = []
+    if site_names or not args.targets:
+        from mamoru.sitecheck import check_site
+        from mamoru.storage import FileStorage
+
+        settings = _load(args)
+        storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
+        for site in _select(settings, site_names):
+            reports += check_site(site, storage.live(site.name),
+                                  ca_bundle=args.ca_bundle or settings.check.ca_bundle,
+                                  timeout=args.timeout or settings.check.timeout,
+                                  connect=connect, http_connect=http_connect)
+    for url in urls:
+        try:
+            reports.append(check_url(url, ca_bundle=args.ca_bundle, connect=connect,
+                                     http_connect=http_connect, timeout=args.timeout or 5.0))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(to_json(reports), indent=2, ensure_ascii=False))
+    else:
+        print(render_table(reports))
+    return exit_code(reports, args.strict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,7 +91,9 @@ class Events:
         self.sinks.append(sink)
 
     def emit(self, kind: str, site: str | None, message: str, **fields: Any) -> Event:
-        event = Event(kind, site, message, {k: v for k, v in fields.items() if v is not None})
+        level = fields.pop("level", -1)  # an explicit syslog priority overrides the kind's
+        event = Event(kind, site, message, {k: v for k, v in fields.items() if v is not None},
+                      level=int(level) if level is not None else -1)
         for sink in self.sinks:
             try:
                 sink.emit(event)

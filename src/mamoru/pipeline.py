@@ -98,6 +98,8 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
             timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
             storage.prune(site.name)
             next_due = schedule.record_success(site, app, version)
+            if site.server.type != "none" and app.settings.check.after_install:
+                browser_check(site, app, version)
             status = "renewed" if current else "issued"
             events.emit("renewed" if current else "provisioned", site.name,
                         f"done in {time.monotonic() - started:.2f} s; next renewal "
@@ -114,3 +116,22 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
                     **error.fields())
         return Outcome(site.name, "failed", error=error, next_due=next_try,
                        duration=time.monotonic() - started)
+
+
+def browser_check(site: Site, app: App, version: CertVersion) -> None:
+    """Look at the freshly installed site as a patient's browser would; one `check` event.
+    Advisory: the certificate is installed and verified already, so findings never fail the
+    run, but a problem is logged as an error (and so reaches alerts)."""
+    from mamoru.sitecheck import check_site
+
+    settings = app.settings.check
+    reports = check_site(site, version, ca_bundle=settings.ca_bundle, timeout=settings.timeout,
+                         local=True)
+    findings = [{"name": r.host, "check": f.check, "status": f.status, "message": f.message,
+                 "fix": f.fix} for r in reports for f in r.findings if f.status != "ok"]
+    worst = max((r.worst for r in reports), key=["ok", "warning", "problem"].index, default="ok")
+    level = {"ok": 6, "warning": 4, "problem": 3}[worst]
+    summary = "; ".join(f"{f['name']} {f['check']}: {f['message']}" for f in findings[:3])
+    app.events.emit("check", site.name, f"browser check: {worst}" + (f" — {summary}"
+                    if summary else " (every name: certificate, redirect, HSTS, mixed content)"),
+                    worst=worst, findings=findings, level=level)

@@ -24,6 +24,7 @@ from mamoru.config.model import (
     AcmeSettings,
     AlertSettings,
     Challenge,
+    CheckSettings,
     Eab,
     EmailAlerts,
     MetricsSettings,
@@ -416,6 +417,7 @@ def _build(root: _Node, ctx: _Context, file_mode: int | None) -> Settings | None
     renewal = _renewal(top.sub("renewal"))
     alerts = _alerts(top.sub("alerts"), ctx, file_mode)
     metrics = _metrics(top.sub("metrics"))
+    check = _check(top.sub("check"))
     sites = list(_sites(top, ctx))
     top.finish()
     if ctx.problems:
@@ -428,6 +430,7 @@ def _build(root: _Node, ctx: _Context, file_mode: int | None) -> Settings | None
         renewal=renewal,
         alerts=alerts,
         metrics=metrics,
+        check=check,
         warnings=tuple(str(w) for w in ctx.warnings),
     )
 
@@ -577,6 +580,16 @@ def _alerts(m: _Map, ctx: _Context, file_mode: int | None) -> AlertSettings:
         days_left=m.number("days_left", D.DEFAULTS["alerts.days_left"], minimum=0, maximum=365),
         remind_hours=m.number("remind_hours", D.DEFAULTS["alerts.remind_hours"], minimum=1,
                               maximum=24 * 30),
+    )
+    m.finish()
+    return out
+
+
+def _check(m: _Map) -> CheckSettings:
+    out = CheckSettings(
+        after_install=m.flag("after_install", True),
+        ca_bundle=m.path_value("ca_bundle", None),
+        timeout=m.number("timeout", 5.0, minimum=0.5, maximum=120),
     )
     m.finish()
     return out

@@ -149,6 +149,15 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    """The browser's-eye check run after every install (mamoru.check)."""
+
+    after_install: bool = True
+    ca_bundle: str | None = None  # trust for the check; default: the system store
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     config_file: str
     acme: AcmeSettings
@@ -157,6 +166,7 @@ class Settings:
     renewal: RenewalSettings = field(default_factory=RenewalSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
     warnings: tuple[str, ...] = ()
 
     def site(self, name: str) -> Site:

@@ -1,0 +1,50 @@
+"""Run `mamoru.check` for configured sites: every name, against the stored certificate.
+
+Used by `mamoru check SITE` and, after every install, by the pipeline (its result becomes a
+`check` event, so it reaches the event log and alerts).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from mamoru.check import TargetReport, check_url
+from mamoru.config.load import parse_address
+from mamoru.config.model import Site
+from mamoru.storage import CertVersion
+
+
+def local_addresses(site: Site) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """Where this machine's own server answers for the site: (https, http) addresses.
+    Used after an install, so the check sees this server even before DNS points here."""
+    server = site.server
+    if server.type == "none":
+        return None, None
+    https = server.verify or parse_address(server.listen_https, "127.0.0.1")
+    http = parse_address(server.listen_http, "127.0.0.1")
+    if https and https[0] in ("0.0.0.0", "::", "*"):  # noqa: S104 - a listen address, not a bind
+        https = ("127.0.0.1", https[1])
+    if http and http[0] in ("0.0.0.0", "::", "*"):  # noqa: S104
+        http = ("127.0.0.1", http[1])
+    return https, http
+
+
+def check_site(site: Site, version: CertVersion | None, *, ca_bundle: str | None,
+               timeout: float, connect: tuple[str, int] | None = None,
+               http_connect: tuple[str, int] | None = None, local: bool = False
+               ) -> list[TargetReport]:
+    """Check every name of `site` (concurrently). With `local`, talk to this machine's server
+    (the configured verify/listen addresses) instead of whatever DNS says."""
+    if local:
+        local_https, local_http = local_addresses(site)
+        connect = connect or local_https
+        http_connect = http_connect or local_http
+    expected = version.read("cert.pem") if version is not None else None
+    names = [n for n in site.domains if not n.startswith("*.")]
+
+    def one(name: str) -> TargetReport:
+        return check_url(f"https://{name}/", ca_bundle=ca_bundle, connect=connect,
+                         http_connect=http_connect, expected_cert_pem=expected, timeout=timeout)
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
+        return list(pool.map(one, names))
