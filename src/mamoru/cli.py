@@ -127,16 +127,43 @@ def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool) -> lis
         return list(pool.map(lambda s: provision(s, app, force=force, dry_run=dry_run), sites))
 
 
+def _stop_on_signals(app: App) -> Callable[[], None]:
+    """Ctrl-C / SIGTERM: ask every site's work to stop at its next wait (the challenge cleanup
+    runs, nothing half-done goes live); a second Ctrl-C interrupts at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, _frame: object) -> None:
+        if app.stop.is_set():
+            raise KeyboardInterrupt
+        print(f"mamoru: {signal.Signals(signum).name}: stopping after cleanup "
+              "(again to interrupt at once)", file=sys.stderr)
+        app.stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
 def cmd_provision(args: argparse.Namespace) -> int:
     from mamoru.app import build_app
 
     settings = _load(args)
     sites = _select(settings, args.sites)
     app = build_app(settings)
+    restore = _stop_on_signals(app)
     try:
         outcomes = run_sites(app, sites, force=args.force, dry_run=args.dry_run)
         stats = app.session_stats()
     finally:
+        restore()
         app.reset_session()
     if args.json:
         print(json.dumps({"sites": [o.to_json() for o in outcomes],

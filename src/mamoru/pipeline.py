@@ -5,6 +5,7 @@ daemon. Each step's detail lives in the module named after it; this file reads t
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ from mamoru.renewal import schedule
 from mamoru.renewal.policy import Decision
 from mamoru.storage import CertVersion
 
+log = logging.getLogger(__name__)
 LOCK_WAIT = 600.0  # a second run on the same site waits for the first, then re-checks
 
 
@@ -108,7 +110,13 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
                         verified=result.verified)
             return Outcome(site.name, status, decision, version, next_due=next_due,
                            duration=time.monotonic() - started, timings=timings)
-    except MamoruError as error:
+    except Exception as unexpected:  # one site's bug must not stop the others
+        if isinstance(unexpected, MamoruError):
+            error = unexpected
+        else:
+            log.exception("unexpected error for site %s", site.name)
+            error = MamoruError(f"unexpected error: {type(unexpected).__name__}: {unexpected}",
+                                hint="This is a bug in mamoru; the log has the details.")
         next_try = None if isinstance(error, Cancelled) else schedule.record_failure(site, app,
                                                                                      error)
         events.emit("failed", site.name, f"{error}" + (f" — {error.hint}" if error.hint else ""),

@@ -189,3 +189,36 @@ def test_help_is_fast_to_import() -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert "provision" in result.stdout
+
+
+def test_ctrl_c_cleans_up_challenges_and_changes_nothing(
+        tmp_path: Path, pebble_factory: Callable[..., Pebble]) -> None:
+    import signal
+    import sys
+    import time
+
+    # Pebble sleeps 0-15 s before validating without NOSLEEP: a window to press Ctrl-C in.
+    pebble = pebble_factory(extra_env={"PEBBLE_VA_NOSLEEP": "0"})
+    webroot = tmp_path / "webroot"
+    challenge_dir = webroot / ".well-known" / "acme-challenge"
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": ["clinic.example", "www.clinic.example"],
+                   "challenge": {"webroot": str(webroot)}}})
+    with WebrootServer(webroot, pebble.http_port):
+        proc = subprocess.Popen([sys.executable, "-m", "mamoru.cli", "provision", "-c",
+                                 str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if challenge_dir.is_dir() and len(os.listdir(challenge_dir)) == 2:
+                break
+            time.sleep(0.01)
+        assert len(os.listdir(challenge_dir)) == 2, "challenges never presented"
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - started < 3, "Ctrl-C took too long"
+    assert proc.returncode == 1, err
+    assert "stopping after cleanup" in err
+    assert os.listdir(challenge_dir) == []  # both challenge files removed
+    assert not (tmp_path / "live" / "clinic").exists()
