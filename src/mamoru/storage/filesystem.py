@@ -144,7 +144,9 @@ class FileStorage:
         return os.path.join(self.live_dir, site)
 
     def _prepare(self, site: str) -> None:
-        ensure_dir(self.state_dir, self.dir_mode, self.gid)
+        # The top directory stays root's (systemd's StateDirectory= resets its owner at every
+        # start); with a key group it is 0711 so the group can reach sites/ below it.
+        ensure_dir(self.state_dir, 0o711 if self.gid is not None else 0o700)
         ensure_dir(os.path.join(self.state_dir, "sites"), self.dir_mode, self.gid)
         ensure_dir(self.site_dir(site), self.dir_mode, self.gid)
         ensure_dir(self.versions_dir(site), self.dir_mode, self.gid)
