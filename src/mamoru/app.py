@@ -76,7 +76,12 @@ class App:
 
 
 def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
-              stderr: bool = True, event_log: bool = True) -> App:
+              stderr: bool = True, event_log: bool = True, observers: bool = True,
+              serve_metrics: bool = False) -> App:
+    """The App for `settings`. `observers`: add the metrics sink (textfile) and the alert
+    sink when the config sets them up; `serve_metrics`: also start the metrics HTTP endpoint
+    (the daemon only: one-shot commands must not take its port). Whoever builds an App calls
+    `app.events.close()` when done, so queued alerts go out and the textfile is final."""
     events = Events(sinks or [])
     if stderr:
         events.add(StderrSink())
@@ -84,4 +89,14 @@ def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
         paths = settings.paths
         events.add(JsonlSink(paths.event_log, paths.event_log_max_bytes, paths.event_log_keep))
     storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
+    if observers and (settings.metrics.textfile or settings.metrics.listen):
+        from mamoru.metrics import MetricsSink  # also counts one-shot runs' failures on disk
+
+        events.add(MetricsSink(settings, storage, serve=serve_metrics))
+    if observers:
+        from mamoru.alerts import build_alert_sink
+
+        alerts = build_alert_sink(settings.alerts, storage, events)
+        if alerts is not None:
+            events.add(alerts)
     return App(settings=settings, storage=storage, events=events)

@@ -50,12 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go through the whole ACME exchange but change nothing in live/")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
-    p = verb("renew", "one pass over the sites that are due, then exit (for timers and cron)",
-             cmd_renew)
-    p.add_argument("sites", nargs="*", metavar="SITE")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p = verb("renew", "one pass over the sites that are due, then exit (for timers and cron); "
+             "sites backing off after a failure wait for their next attempt", cmd_renew)
+    p.add_argument("sites", nargs="*", metavar="SITE", help="sites to look at (default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="renew even if not due (and even while backing off)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="go through the whole ACME exchange but change nothing in live/")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+    verb("run", "the renewal daemon: renews every site when due, until stopped (systemd: "
+         "mamoru.service; SIGHUP reloads the config)", cmd_run)
 
     verb("check-config", "validate the config and list every problem with its line",
          cmd_check_config)
@@ -71,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect here for the plain-HTTP checks (default: HOST:80 of --connect)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--timeout", type=float, default=None, help="seconds per connection")
+
+    p = verb("status", "one row per site from local state (exit 1 if any site is in danger)",
+             cmd_status)
+    p.add_argument("--json", action="store_true", help="JSON output for scripts and monitoring")
+
+    p = verb("log", "query the event log (rotated files too), newest last", cmd_log)
+    p.add_argument("--site", metavar="SITE", help="only this site's events")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only events since: 30m, 12h, 7d, 2w, or a date/time (2026-11-01)")
+    p.add_argument("--failed", action="store_true", help="only failures (error-level events)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    verb("alert-test", "send a test alert through every configured channel", cmd_alert_test)
 
     p = verb("revoke", "revoke a site's current certificate", cmd_revoke)
     p.add_argument("site", metavar="SITE")
@@ -114,7 +132,8 @@ def _select(settings: Settings, names: Sequence[str]) -> list[Site]:
     return [known[n] for n in names]
 
 
-def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool) -> list[Any]:
+def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool,
+              honour_backoff: bool = False) -> list[Any]:
     """Provision `sites` concurrently (at most acme.max_concurrent_orders at once)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -122,9 +141,11 @@ def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool) -> lis
 
     workers = max(1, min(len(sites), app.settings.acme.max_concurrent_orders))
     if workers == 1:
-        return [provision(site, app, force=force, dry_run=dry_run) for site in sites]
+        return [provision(site, app, force=force, dry_run=dry_run,
+                          honour_backoff=honour_backoff) for site in sites]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="site") as pool:
-        return list(pool.map(lambda s: provision(s, app, force=force, dry_run=dry_run), sites))
+        return list(pool.map(lambda s: provision(s, app, force=force, dry_run=dry_run,
+                                                 honour_backoff=honour_backoff), sites))
 
 
 def _stop_on_signals(app: App) -> Callable[[], None]:
@@ -160,23 +181,36 @@ def cmd_provision(args: argparse.Namespace) -> int:
     app = build_app(settings)
     restore = _stop_on_signals(app)
     try:
-        outcomes = run_sites(app, sites, force=args.force, dry_run=args.dry_run)
+        # `renew` is the same pass, but leaves sites that are backing off after a failure
+        # alone until their next attempt (a timer or cron must not undo the backoff).
+        outcomes = run_sites(app, sites, force=args.force, dry_run=args.dry_run,
+                             honour_backoff=args.verb == "renew")
         stats = app.session_stats()
     finally:
         restore()
         app.reset_session()
+        app.events.close(ALERT_FLUSH_SECONDS)  # queued alerts go out before we exit
     if args.json:
         print(json.dumps({"sites": [o.to_json() for o in outcomes],
                           "ok": all(o.ok for o in outcomes), "ca": stats}, indent=2))
     else:
         for outcome in outcomes:
-            if outcome.version is not None and outcome.status in ("issued", "renewed"):
+            if outcome.version is not None and outcome.status in ("issued", "renewed",
+                                                                   "reinstalled"):
                 print(f"{outcome.site}: {outcome.status} — "
                       f"{outcome.version.file('fullchain.pem')}")
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
-cmd_renew = cmd_provision
+cmd_renew = cmd_provision  # the same command; `args.verb` tells them apart
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mamoru.app import build_app
+    from mamoru.daemon import run
+
+    settings = _load(args)
+    return run(build_app(settings, serve_metrics=True))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -186,6 +220,85 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{'s' if len(settings.sites) != 1 else ''}, {names} name{'s' if names != 1 else ''}, "
           f"CA {settings.acme.directory}")
     return EXIT_OK
+
+
+# How long a one-shot command waits at exit for alerts still being delivered (retries
+# included); what is not delivered by then is sent when the problem is next seen.
+ALERT_FLUSH_SECONDS = 30.0
+
+
+def _stdout_gone() -> None:
+    """The reader of our stdout went away: point stdout at /dev/null so the interpreter's
+    final flush does not print a second BrokenPipeError."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mamoru.status import collect, danger_summary, exit_code, render_table, to_json
+
+    settings = _load(args)
+    rows = collect(settings)
+    try:
+        if args.json:
+            print(json.dumps(to_json(rows), indent=2, ensure_ascii=False))
+        else:
+            print(render_table(rows))
+    except BrokenPipeError:  # `mamoru status | head`: the exit code still tells
+        _stdout_gone()
+    summary = danger_summary(rows)
+    if summary:
+        print(f"mamoru: {summary}", file=sys.stderr)
+    return exit_code(rows)
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from mamoru.errors import UsageError
+    from mamoru.logquery import Query, Reader, parse_since, render_line, to_json_line
+
+    settings = _load(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.site and args.site not in {s.name for s in settings.sites}:
+        print(f"mamoru: note: {args.site} is not a site in {settings.config_file}",
+              file=sys.stderr)
+    reader = Reader(settings.paths.event_log)
+    render = to_json_line if args.json else render_line
+    try:
+        for event in reader.events(Query(site=args.site, since=since, failed=args.failed)):
+            print(render(event))
+    except BrokenPipeError:  # `mamoru log | head`
+        _stdout_gone()
+        return EXIT_OK
+    if reader.skipped:
+        print(f"mamoru: skipped {reader.skipped} damaged line{'s' if reader.skipped != 1 else ''}"
+              f" in {settings.paths.event_log}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_alert_test(args: argparse.Namespace) -> int:
+    from mamoru.alerts import AlertSink
+    from mamoru.errors import UsageError
+    from mamoru.storage import FileStorage
+
+    settings = _load(args)
+    storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
+    sink = AlertSink(settings.alerts, storage)
+    try:
+        if not sink.channels:
+            raise UsageError(f"no alert channel in {settings.config_file} (set alerts.email "
+                             "and/or alerts.webhook)")
+        results = sink.send_test()
+    finally:
+        sink.close(1.0)
+    for channel, error in results:
+        print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
+    return EXIT_OK if all(error is None for _, error in results) else EXIT_FAILED
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -203,6 +316,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     app.events.emit("revoked", site.name, f"certificate {current.meta.get('serial')} revoked "
                     f"({args.reason}); run `mamoru provision --force {site.name}` for a new one",
                     serial=current.meta.get("serial"), reason=args.reason)
+    app.events.close(ALERT_FLUSH_SECONDS)
     return EXIT_OK
 
 

@@ -123,6 +123,7 @@ class EmailAlerts:
     username: str | None = None
     password: Secret | None = None
     timeout: float = 10.0
+    ca_bundle: str | None = None  # trust for STARTTLS; default: the system store
 
 
 @dataclass(frozen=True)

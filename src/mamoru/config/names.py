@@ -70,6 +70,11 @@ def normalize_domain(raw: object) -> str:
         raise NameError_("empty domain name")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise NameError_(f"{original!r} contains spaces or control characters")
+    hidden = [c for c in raw if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zs", "Zl",
+                                                           "Zp")]
+    if hidden:  # zero-width joiners, bidi overrides...: a name that looks like another
+        raise NameError_(f"{original!r} contains an invisible or formatting character "
+                         f"(U+{ord(hidden[0]):04X})")
     if "/" in raw or "\\" in raw or ":" in raw or "@" in raw:
         raise NameError_(f"{original!r} is not a domain name (it looks like a URL or path)")
     name = raw[:-1] if raw.endswith(".") else raw

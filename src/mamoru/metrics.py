@@ -1,0 +1,273 @@
+"""Prometheus metrics: an HTTP endpoint (`metrics.listen`, loopback by default) and/or a
+textfile-collector file (`metrics.textfile`, replaced atomically).
+
+Every gauge is computed from disk at scrape time (live/<site> -> meta.json, and state.json),
+the same way `mamoru status` reads it, so the numbers are right from the first scrape after a
+start and agree with whatever a one-shot command did meanwhile. Failure counters are kept on
+disk too (state/metrics.json, under a lock), so they only ever go up, across restarts and
+across processes.
+
+Metrics (times are Unix seconds, UTC):
+
+=====================================================  ====================================
+mamoru_certificate_not_after_timestamp_seconds          {site, name} the live certificate's
+                                                        notAfter
+mamoru_certificate_not_before_timestamp_seconds         {site, name} its notBefore
+mamoru_last_renewal_success_timestamp_seconds           {site} last certificate put in service
+mamoru_next_renewal_timestamp_seconds                   {site} next planned attempt (renewal
+                                                        time, or the backoff retry)
+mamoru_renewal_failures_total                           {site, error_class} failed attempts
+mamoru_consecutive_failures                             {site} failed attempts since the last
+                                                        success
+mamoru_ari_window_start_timestamp_seconds               {site} the CA's renewal window (ARI)
+mamoru_ari_window_end_timestamp_seconds                 {site}
+mamoru_site_in_danger                                   {site} 1 when `mamoru status` says so
+mamoru_build_info                                       {version, python} always 1
+=====================================================  ====================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mamoru.config.model import Settings
+from mamoru.errors import MamoruError
+from mamoru.events import Event, SinkState
+from mamoru.status import SiteStatus, site_status
+from mamoru.storage import FileStorage
+
+log = logging.getLogger(__name__)
+
+# Not failures of the site: the run was stopped on request, or another run held the site.
+NOT_FAILURES = frozenset({"Cancelled", "LockBusy"})
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mamoru")
+    except Exception:
+        return "unknown"
+
+
+def _seconds(when: Any) -> float | None:
+    if isinstance(when, datetime):
+        return when.timestamp()
+    if isinstance(when, str) and when:
+        try:
+            parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+class FailureCounts:
+    """Failed attempts per site and error class, on disk (state/metrics.json)."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.file = SinkState(os.path.join(state_dir, "metrics.json"))
+
+    def add(self, site: str, error_class: str) -> None:
+        def bump(data: dict[str, Any]) -> None:
+            per_site = data.setdefault("failures", {}).setdefault(site, {})
+            per_site[error_class] = int(per_site.get(error_class, 0)) + 1
+
+        self.file.update(bump)
+
+    def read(self) -> dict[str, dict[str, int]]:
+        failures = self.file.read().get("failures")
+        return failures if isinstance(failures, dict) else {}
+
+
+class StateCollector:
+    """A prometheus_client custom collector reading every configured site from disk."""
+
+    def __init__(self, settings: Settings, storage: FileStorage,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.counts = FailureCounts(settings.paths.state)
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def describe(self) -> list[Metric]:
+        return []  # no collect() at registration time (it reads the disk)
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        rows: list[SiteStatus] = [site_status(site, self.storage, now)
+                                  for site in self.settings.sites]
+        not_after = GaugeMetricFamily(
+            "mamoru_certificate_not_after_timestamp_seconds",
+            "Expiry (notAfter) of the live certificate, per site and name.",
+            labels=["site", "name"])
+        not_before = GaugeMetricFamily(
+            "mamoru_certificate_not_before_timestamp_seconds",
+            "Start of validity (notBefore) of the live certificate, per site and name.",
+            labels=["site", "name"])
+        success = GaugeMetricFamily(
+            "mamoru_last_renewal_success_timestamp_seconds",
+            "When the site's certificate was last obtained and put in service.",
+            labels=["site"])
+        planned = GaugeMetricFamily(
+            "mamoru_next_renewal_timestamp_seconds",
+            "When mamoru plans the site's next renewal attempt (or backoff retry).",
+            labels=["site"])
+        streak = GaugeMetricFamily(
+            "mamoru_consecutive_failures",
+            "Failed attempts since the site's last success.", labels=["site"])
+        ari_start = GaugeMetricFamily(
+            "mamoru_ari_window_start_timestamp_seconds",
+            "Start of the CA's suggested renewal window (ARI), when the CA gives one.",
+            labels=["site"])
+        ari_end = GaugeMetricFamily(
+            "mamoru_ari_window_end_timestamp_seconds",
+            "End of the CA's suggested renewal window (ARI).", labels=["site"])
+        danger = GaugeMetricFamily(
+            "mamoru_site_in_danger",
+            "1 when the last attempt failed, there is no certificate, or under 1/6 of its "
+            "lifetime is left (what makes `mamoru status` exit non-zero).", labels=["site"])
+        for row in rows:
+            for name in row.names:
+                if row.not_after is not None:
+                    not_after.add_metric([row.site, name], row.not_after.timestamp())
+                if row.not_before is not None:
+                    not_before.add_metric([row.site, name], row.not_before.timestamp())
+            if row.last_success is not None:
+                success.add_metric([row.site], row.last_success.timestamp())
+            if row.next_renewal is not None:
+                planned.add_metric([row.site], row.next_renewal.timestamp())
+            streak.add_metric([row.site], float(row.failures))
+            window = row.ari or {}
+            start, end = _seconds(window.get("start")), _seconds(window.get("end"))
+            if start is not None and end is not None:
+                ari_start.add_metric([row.site], start)
+                ari_end.add_metric([row.site], end)
+            danger.add_metric([row.site], 1.0 if row.danger else 0.0)
+        failures = CounterMetricFamily(
+            "mamoru_renewal_failures",  # exposed as mamoru_renewal_failures_total
+            "Failed renewal attempts, by site and error class.", labels=["site", "error_class"])
+        configured = {site.name for site in self.settings.sites}
+        for site, per_class in sorted(self.counts.read().items()):
+            if site in configured and isinstance(per_class, dict):
+                for error_class, count in sorted(per_class.items()):
+                    failures.add_metric([site, str(error_class)], float(count))
+        build = GaugeMetricFamily("mamoru_build_info", "mamoru's version (always 1).",
+                                  labels=["version", "python"])
+        build.add_metric([_version(), platform.python_version()], 1.0)
+        yield from (not_after, not_before, success, planned, failures, streak, ari_start,
+                    ari_end, danger, build)
+
+
+class MetricsSink:
+    """The metrics event sink: counts failures as they happen, keeps the textfile fresh, and
+    (when asked) serves the endpoint.
+
+    `emit` never blocks on I/O beyond one small locked JSON update for a failure: the
+    textfile is rewritten by the sink's own thread, at most every `min_interval` seconds.
+    Call `close()` when the process is done: it writes the textfile one last time and stops
+    the endpoint."""
+
+    def __init__(self, settings: Settings, storage: FileStorage, *, serve: bool = False,
+                 min_interval: float = 2.0,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.textfile = settings.metrics.textfile
+        self.collector = StateCollector(settings, storage, clock)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self.min_interval = min_interval
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._server: Any = None
+        self._write_failed = False
+        self.address: tuple[str, int] | None = None
+        if serve and settings.metrics.listen:
+            self.serve(*settings.metrics.listen)
+        if self.textfile:
+            self._dirty.set()  # right from the start, not only after the first event
+            self._writer = threading.Thread(target=self._write_loop, name="metrics-textfile",
+                                            daemon=True)
+            self._writer.start()
+
+    # -- the endpoint ----------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Start the HTTP endpoint (GET /metrics) on host:port; returns the bound address.
+        Raises MamoruError when the address cannot be bound (taken, not local)."""
+        from prometheus_client import start_http_server
+
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as error:
+            raise MamoruError(f"cannot serve metrics on {host}:{port}: {error.strerror}",
+                              hint="Set metrics.listen to a free local port, or stop what "
+                              "holds this one.") from None
+        self._server = server
+        bound = server.server_address
+        self.address = (str(bound[0]), int(bound[1]))
+        log.info("metrics endpoint on http://%s:%d/metrics", host, self.address[1])
+        return self.address
+
+    # -- the sink --------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        if event.kind == "failed" and event.site:
+            error_class = str(event.get("error_class") or "MamoruError")
+            if error_class not in NOT_FAILURES:
+                try:
+                    self.collector.counts.add(event.site, error_class)
+                except Exception as error:  # the disk is full: the other sinks still record
+                    log.warning("cannot count the failure in metrics: %s", error)
+        if event.site:
+            self._dirty.set()
+
+    def render(self) -> bytes:
+        """The exposition text (what a scrape returns)."""
+        return bytes(generate_latest(self.registry))
+
+    def write_textfile(self) -> None:
+        """Replace the textfile atomically (temp file in its directory, fsync, rename)."""
+        if not self.textfile:
+            return
+        from mamoru.storage.atomic import write_file
+
+        try:
+            write_file(self.textfile, self.render(), 0o644)
+            self._write_failed = False
+        except Exception as error:
+            if not self._write_failed:  # once, not after every event
+                log.error("cannot write the metrics file %s: %s", self.textfile, error)
+            self._write_failed = True
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait()
+            if self._stop.is_set():
+                return
+            self._dirty.clear()
+            self.write_textfile()
+            self._stop.wait(self.min_interval)  # coalesce a burst of events into one write
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
+            self._writer = None
+            self.write_textfile()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
