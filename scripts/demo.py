@@ -78,6 +78,11 @@ def main() -> int:
             config_path.chmod(0o600)
             print(f"demo directory: {work}")
             print(f"Pebble (a test ACME CA) at {pebble.directory_url}")
+            # Until mamoru's own config exists, plain HTTP must already answer the CA's
+            # challenge from the webroot (as a clinic's existing server does).
+            nginx.write_conf("000-default", f"server {{\n    listen 127.0.0.1:{http_port} "
+                             f"default_server;\n    location /.well-known/acme-challenge/ "
+                             f"{{ root {webroot}; }}\n    location / {{ return 404; }}\n}}\n")
             nginx.start()
             print(f"nginx serving http on 127.0.0.1:{http_port}; mamoru adds https on "
                   f"127.0.0.1:{https_port}\n")

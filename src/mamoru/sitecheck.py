@@ -42,8 +42,12 @@ def check_site(site: Site, version: CertVersion | None, *, ca_bundle: str | None
     expected = version.read("cert.pem") if version is not None else None
     names = [n for n in site.domains if not n.startswith("*.")]
 
+    # A server on a non-standard HTTPS port redirects to that port: check the URL patients
+    # of that server really use, so the redirect is judged against the right port.
+    port = f":{connect[1]}" if connect and connect[1] != 443 else ""
+
     def one(name: str) -> TargetReport:
-        return check_url(f"https://{name}/", ca_bundle=ca_bundle, connect=connect,
+        return check_url(f"https://{name}{port}/", ca_bundle=ca_bundle, connect=connect,
                          http_connect=http_connect, expected_cert_pem=expected, timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:

@@ -7,6 +7,7 @@ port 80; it runs only while some challenge is presented and stops with the last 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -16,12 +17,17 @@ from mamoru.errors import ChallengeFailed
 from mamoru.protocol.session import ChallengeTask
 
 log = logging.getLogger(__name__)
+_TOKEN_IN_PATH = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]+")
 PREFIX = "/.well-known/acme-challenge/"
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The CA fetches every token from several vantage points at once, for every name of every
+    # order in flight: with the default listen backlog of 5, the connections past it are
+    # dropped and the CA's client retries its SYN a whole second later.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.answers: dict[str, str] = {}
@@ -47,7 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def log_message(self, format: str, *args: object) -> None:
-        log.debug("standalone %s: " + format, self.client_address[0], *args)
+        # Even at debug level, no challenge token in the log: "/acme-challenge/…" is enough.
+        line = _TOKEN_IN_PATH.sub(r"\1…", format % args)
+        log.debug("standalone %s: %s", self.client_address[0], line)
 
 
 class StandaloneSolver:
@@ -74,7 +82,9 @@ class StandaloneSolver:
                         "challenge.webroot instead, or another standalone address.",
                     ) from None
                 thread = threading.Thread(target=server.serve_forever,
-                                          kwargs={"poll_interval": 0.05},
+                                          # shutdown() waits up to one poll: the last
+                                          # cleanup of an order is on its critical path.
+                                          kwargs={"poll_interval": 0.01},
                                           name=f"http-01 {self.address}", daemon=True)
                 thread.start()
                 entry = (server, thread, 0)

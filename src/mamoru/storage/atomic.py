@@ -39,9 +39,25 @@ def fsync_dir(path: str) -> None:
 
 
 def ensure_dir(path: str, mode: int = 0o700, gid: int | None = None) -> None:
-    """Create `path` (and parents) with `mode`; an existing directory keeps its mode."""
+    """Create `path` and every missing parent with exactly `mode` (and group `gid`), whatever
+    the umask; an existing directory keeps its mode. (os.makedirs would give the parents it
+    creates 0777 minus the umask: state/accounts world-readable under umask 0.)"""
     try:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        missing = []
+        head = os.path.abspath(path)
+        while not os.path.isdir(head) and os.path.dirname(head) != head:
+            missing.append(head)
+            head = os.path.dirname(head)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)  # private until its group and mode are set
+            except FileExistsError:
+                if not os.path.isdir(directory):
+                    raise
+                continue  # another mamoru made it just now
+            if gid is not None:
+                os.chown(directory, -1, gid)
+            os.chmod(directory, mode)
         if gid is not None:
             st = os.stat(path)
             if st.st_gid != gid:
@@ -53,15 +69,17 @@ def ensure_dir(path: str, mode: int = 0o700, gid: int | None = None) -> None:
 
 def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None,
                sync_dir: bool = True) -> None:
-    """Atomically replace `path` with `data`, created with `mode` from the first byte."""
+    """Atomically replace `path` with `data`. The file is created 0600, then given group
+    `gid` and then exactly `mode`, all before its first byte: a key is never readable by
+    anyone else, not even root's group for an instant."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             if gid is not None:
                 os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; set it exactly
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)

@@ -221,12 +221,10 @@ class FileStorage:
         try:
             with open(os.path.join(path, "meta.json"), encoding="utf-8") as handle:
                 meta = json.load(handle)
-            if not isinstance(meta, dict):
-                raise ValueError("not an object")
-            meta["not_after"], meta["not_before"]
+            _check_meta(meta)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, TypeError, OSError):
             # A damaged meta.json: rebuild it from the certificate, which is the truth.
             try:
                 with open(os.path.join(path, "cert.pem"), "rb") as handle:
@@ -257,12 +255,21 @@ class FileStorage:
         """Point live/<site> at `version` atomically. Returns the version it pointed at before."""
         previous = self.live(version.site)
         ensure_dir(self.live_dir, 0o755)
+        self.check_live_path(version.site)
         link = self.live_path(version.site)
-        if os.path.lexists(link) and not os.path.islink(link):
-            raise StorageError(f"{link} exists and is not a symlink mamoru made; move it away")
         target = os.path.relpath(version.path, os.path.dirname(link))
         replace_symlink(link, target)
         return previous
+
+    def check_live_path(self, site: str) -> None:
+        """Raise StorageError when live/<site> exists but is not a symlink, so it could never be
+        flipped. The pipeline asks before ordering: no certificate is ordered in vain, again
+        and again, for a site that cannot go live."""
+        link = self.live_path(site)
+        if os.path.lexists(link) and not os.path.islink(link):
+            raise StorageError(f"{link} exists and is not a symlink mamoru made; move it away",
+                               hint="mamoru manages live/<site> as one symlink; move the file "
+                               "or directory there elsewhere and run mamoru again.")
 
     def deactivate(self, site: str) -> None:
         """Remove live/<site> (used to roll back a site's very first install)."""
@@ -288,13 +295,14 @@ class FileStorage:
     # -- per-site state --------------------------------------------------------------------------
 
     def load_state(self, site: str) -> dict[str, Any]:
-        """Renewal bookkeeping for `site` ({} when there is none or it is unreadable)."""
+        """Renewal bookkeeping for `site` ({} when there is none or it is unreadable). Known
+        fields with a damaged value are dropped: a broken file must never stop renewal."""
         try:
             with open(os.path.join(self.site_dir(site), "state.json"), encoding="utf-8") as h:
                 data = json.load(h)
-            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
+        return _sane_state(data) if isinstance(data, dict) else {}
 
     def save_state(self, site: str, data: dict[str, Any]) -> None:
         self._prepare(site)
@@ -307,6 +315,47 @@ class FileStorage:
         except FileNotFoundError:
             return
         yield from names
+
+
+def _check_meta(meta: Any) -> None:
+    """Raise ValueError/TypeError/KeyError unless `meta` holds what renewal reads, well typed."""
+    if not isinstance(meta, dict):
+        raise ValueError("not an object")
+    for key in ("not_before", "not_after"):
+        if datetime.fromisoformat(meta[key]).tzinfo is None:
+            raise ValueError(f"{key} has no time zone")
+    names = meta.get("names", [])
+    if not isinstance(meta.get("serial"), str) or not isinstance(names, list) or not all(
+            isinstance(name, str) for name in names):
+        raise ValueError("serial or names damaged")
+
+
+_STATE_TIMES = ("next_attempt", "next_check", "next_due", "last_success")
+_STATE_MAPS = ("last_attempt", "ari", "installed")
+
+
+def _sane_state(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the known fields whose value has the wrong type (see load_state)."""
+    out = dict(data)
+    attempts = out.get("attempts")
+    if attempts is not None and (type(attempts) is not int or attempts < 0):
+        del out["attempts"]
+    for key in _STATE_TIMES:
+        value = out.get(key)
+        if value is None:
+            continue
+        try:
+            if datetime.fromisoformat(value).tzinfo is None:
+                raise ValueError(key)
+        except (TypeError, ValueError):
+            del out[key]
+    for key in _STATE_MAPS:
+        if key in out and not isinstance(out[key], dict):
+            del out[key]
+    pick = out.get("ari", {}).get("pick")
+    if pick is not None and (type(pick) not in (int, float) or not 0 <= pick <= 1):
+        del out["ari"]
+    return out
 
 
 def is_enospc(error: BaseException) -> bool:
