@@ -93,8 +93,8 @@ def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
         from mamoru.metrics import MetricsSink  # also counts one-shot runs' failures on disk
 
         events.add(MetricsSink(settings, storage, serve=serve_metrics))
-    if observers:
-        from mamoru.alerts import build_alert_sink
+    if observers and (settings.alerts.email or settings.alerts.webhook):
+        from mamoru.alerts import build_alert_sink  # smtplib & co.: only when alerts are set up
 
         alerts = build_alert_sink(settings.alerts, storage, events)
         if alerts is not None:

@@ -17,10 +17,9 @@ import time
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from josepy.jwk import JWK, JWKEC
 
 from mamoru.config.model import AcmeSettings
-from mamoru.protocol.keys import key_pem, load_key
+from mamoru.protocol.keys import PrivateKey, key_pem, load_key
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage.atomic import ensure_dir, write_file
 
@@ -35,13 +34,13 @@ def account_dir(state_dir: str, directory_url: str) -> str:
     return os.path.join(state_dir, "accounts", f"{host}{port}", digest)
 
 
-def load_or_create_key(directory: str) -> tuple[JWK, bool]:
+def load_or_create_key(directory: str) -> tuple[PrivateKey, bool]:
     """The account key in `directory` (created 0600 if missing). Returns (key, created)."""
     ensure_dir(directory, 0o700)
     path = os.path.join(directory, "key.pem")
     try:
         with open(path, "rb") as handle:
-            return JWKEC(key=load_key(handle.read())), False
+            return load_key(handle.read()), False
     except FileNotFoundError:
         pass
     except (ValueError, TypeError) as error:
@@ -51,7 +50,7 @@ def load_or_create_key(directory: str) -> tuple[JWK, bool]:
                     path, error, aside)
     key = ec.generate_private_key(ec.SECP256R1())  # ES256: small, fast to sign
     write_file(path, key_pem(key), mode=0o600)
-    return JWKEC(key=key), True
+    return key, True
 
 
 def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:

@@ -1,23 +1,29 @@
 """One ACME session with one CA: directory, nonces, account, orders, polling, ARI, revocation.
 
-Built on certbot's `acme.client.ClientNetwork` for JWS signing and its keep-alive
-`requests.Session`, with the gaps of that library closed here (see ACME-NOTES):
+Signs with `jws.AccountSigner` and talks over `transport.ConnectionPool` (keep-alive
+connections shared by threads), both on the standard library and `cryptography` alone, so a
+process starts fast and small (docs/PERFORMANCE.md). It closes the gaps that ACME-NOTES lists
+for certbot's `acme` library:
 - a thread-safe nonce pool, so many orders can share one account and one connection pool;
-- badNonce retried with a fresh nonce up to `BAD_NONCE_TRIES` times (the library tries twice);
+- badNonce retried with a fresh nonce up to `BAD_NONCE_TRIES` times (that library tries twice);
 - every CA answer mapped to a typed error carrying the problem type, detail, HTTP status and
-  `Retry-After` (the library drops the headers);
+  `Retry-After` (that library drops the headers);
 - `replaces` (RFC 9773 §5) on new orders, with the 409 `alreadyReplaced` fallback;
 - polling that starts at 20 ms and backs off to 1 s, honouring `Retry-After`, and stops at once
   when the caller's stop event is set (no multi-second fixed sleeps).
 
-Callers see plain values (`Order`, `ChallengeTask`, `RenewalInfo`), never acme types.
+Callers see plain values (`Order`, `ChallengeTask`, `RenewalInfo`), never protocol types.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import logging
 import math
+import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -26,15 +32,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from acme import messages
-from acme.client import ClientNetwork
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from josepy import b64
-from josepy.interfaces import JSONDeSerializable
-from josepy.jwa import ES256, RS256
-from josepy.jwk import JWK, JWKEC
 
 from mamoru import __version__
 from mamoru.errors import (
@@ -46,14 +45,21 @@ from mamoru.errors import (
     OrderFailed,
 )
 from mamoru.protocol.errors import ACME_ERROR, parse_retry_after, problem_error
+from mamoru.protocol.jws import AccountSigner, b64
+from mamoru.protocol.keys import PrivateKey
+from mamoru.protocol.transport import ConnectionPool, Response
 
 log = logging.getLogger(__name__)
 
-BAD_NONCE_TRIES = 12  # Pebble may reject 50 % of nonces; 12 fresh tries leave 1 in 4096 to fail
+# Pebble may reject 50 % of nonces. A run signs ~10 requests per site, so per-request odds must
+# be tiny: 20 fresh tries leave 1 in a million requests (12 lost ~4 % of 20-site runs).
+BAD_NONCE_TRIES = 20
 TRANSPORT_TRIES = 3  # connection refused/reset: retried twice, quickly
 POLL_FIRST = 0.02
 POLL_MAX = 1.0
-USER_AGENT = f"mamoru/{__version__} (+acme-python)"
+USER_AGENT = f"mamoru/{__version__}"
+PREFIX_HTTP01 = "/.well-known/acme-challenge/"
+_TOKEN_IN_URL = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]{16,}")
 JOSE = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
 
@@ -70,7 +76,7 @@ class ChallengeTask:
 
     @property
     def http01_path(self) -> str:
-        return f"/.well-known/acme-challenge/{self.token}"
+        return f"{PREFIX_HTTP01}{self.token}"
 
 
 @dataclass
@@ -105,20 +111,6 @@ class RenewalInfo:
     retry_after: datetime  # when to ask again
 
 
-class _Payload(JSONDeSerializable):
-    """A plain JSON object as a JWS payload (so new fields like `replaces` need no subclass)."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def to_partial_json(self) -> dict[str, Any]:
-        return self.data
-
-    @classmethod
-    def from_json(cls, jobj: Any) -> _Payload:
-        return cls(dict(jobj))
-
-
 def ari_cert_id(cert_pem: bytes) -> str:
     """The ARI certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial DER)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -138,7 +130,7 @@ class AcmeSession:
     """A connection to one ACME CA, shared by every order of one run (thread-safe).
 
     `stop` is checked while waiting; when it is set, waits end at once with `Cancelled`.
-    Every method raises `IssuanceError` subclasses (never requests or acme exceptions).
+    Every method raises `IssuanceError` subclasses (never transport or parsing exceptions).
     """
 
     def __init__(
@@ -153,57 +145,59 @@ class AcmeSession:
         self.directory_url = directory_url
         self.timeout = timeout
         self.stop = stop or threading.Event()
-        # An explicit CA bundle path, or True: the system store (requests would otherwise
-        # silently prefer $REQUESTS_CA_BUNDLE over a bundle given only to ClientNetwork).
-        self.verify: str | bool = ca_bundle or True
-        self._net: ClientNetwork | None = None
+        # Only `ca_bundle` when it is given, else the system trust store (never an
+        # environment variable that would silently override the config).
+        self.ca_bundle = ca_bundle
+        self._signer: AccountSigner | None = None
         self._directory: dict[str, Any] | None = None
         self._nonces: list[str] = []
         self._lock = threading.Lock()
-        self.http = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size + 2)
-        self.http.mount("https://", adapter)
-        self.http.mount("http://", adapter)
-        self.http.headers["User-Agent"] = USER_AGENT
+        self.http = ConnectionPool(ca_bundle=ca_bundle, timeout=timeout, max_idle=pool_size + 2,
+                                   headers={"User-Agent": USER_AGENT})
         self.account_url: str | None = None
-        self._thumbprint = ""
         self.requests_made = 0
         self.bad_nonces = 0
 
     # -- transport ---------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, url: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
         if self.stop.is_set():
             raise Cancelled("stopped before contacting the CA")
-        kwargs.setdefault("timeout", self.timeout)
-        kwargs["verify"] = self.verify
         last: Exception | None = None
         for attempt in range(TRANSPORT_TRIES):
             try:
                 self.requests_made += 1
-                return self.http.request(method, url, **kwargs)
-            except requests.exceptions.SSLError as error:
+                return self.http.request(method, url, body, headers)
+            except ssl.SSLCertVerificationError as error:
                 raise CAUnavailable(
                     f"the CA's TLS certificate did not verify ({url}): {_short(error)}",
                     hint="If this CA uses a private root, set acme.ca_bundle to its PEM file.",
                 ) from None
-            except requests.exceptions.Timeout:
+            except TimeoutError:
                 raise CAUnavailable(
                     f"the CA did not answer within {self.timeout:g} s ({url})"
                 ) from None
-            except requests.exceptions.ConnectionError as error:
+            except ssl.SSLError as error:
+                if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                    last = error  # the connection was cut: like a reset, worth a retry
+                else:
+                    raise CAUnavailable(f"TLS with the CA failed ({url}): {_short(error)}",
+                                        hint="If this CA uses a private root, set "
+                                        "acme.ca_bundle to its PEM file.") from None
+            except (OSError, http.client.HTTPException) as error:  # refused, reset, DNS, garbage
                 last = error
-                if self.stop.wait(0.1 * (4**attempt)):
-                    raise Cancelled("stopped while retrying the CA") from None
-            except requests.exceptions.RequestException as error:
+            except ValueError as error:  # a malformed URL or proxy setting
                 raise CAUnavailable(f"request to the CA failed ({url}): {_short(error)}") from None
+            if attempt + 1 < TRANSPORT_TRIES and self.stop.wait(0.1 * (4**attempt)):
+                raise Cancelled("stopped while retrying the CA") from None
         raise CAUnavailable(
             f"cannot reach the CA at {urlsplit(url).netloc} ({url}): {_short(last)}",
             hint="Check the network, DNS and the acme.directory URL; mamoru retries with backoff.",
         )
 
     @staticmethod
-    def _problem(response: requests.Response, context: str = "") -> IssuanceError:
+    def _problem(response: Response, context: str = "") -> IssuanceError:
         try:
             body = response.json()
         except ValueError:
@@ -211,7 +205,7 @@ class AcmeSession:
         problem = body if isinstance(body, dict) else None
         return problem_error(
             problem,
-            status=response.status_code,
+            status=response.status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             url=response.url,
             context=context,
@@ -227,30 +221,25 @@ class AcmeSession:
             raise self._problem(response, "getting a nonce")
         return nonce
 
-    def _keep_nonce(self, response: requests.Response) -> None:
+    def _keep_nonce(self, response: Response) -> None:
         nonce = response.headers.get("Replay-Nonce")
         if nonce:
             with self._lock:
                 self._nonces.append(nonce)
 
     def post(self, url: str, payload: dict[str, Any] | None, *, accept: str | None = None,
-             context: str = "", use_kid: bool = True) -> requests.Response:
-        """Signed POST (payload None = POST-as-GET, RFC 8555 §6.3). Retries badNonce."""
-        net = self._network()
+             context: str = "", use_kid: bool = True) -> Response:
+        """Signed POST (payload None = POST-as-GET, RFC 8555 §6.3). Retries badNonce.
+        `use_kid=False` puts the public key in the header instead (newAccount)."""
+        signer = self._account_signer()
         for _ in range(BAD_NONCE_TRIES):
             nonce = self._take_nonce()
-            saved = net.account
-            if not use_kid:
-                net.account = None
-            try:
-                body = net._wrap_in_jws(_Payload(payload) if payload is not None else None,
-                                        b64.b64decode(nonce), url)  # type: ignore[arg-type]
-            finally:
-                net.account = saved
+            body = signer.sign(payload, url=url, nonce=nonce,
+                               kid=self.account_url if use_kid else None)
             headers = {"Content-Type": JOSE}
             if accept:
                 headers["Accept"] = accept
-            response = self._request("POST", url, data=body, headers=headers)
+            response = self._request("POST", url, body, headers)
             self._keep_nonce(response)
             if response.ok:
                 return response
@@ -265,10 +254,10 @@ class AcmeSession:
             f"row ({url})"
         )
 
-    def _network(self) -> ClientNetwork:
-        if self._net is None:
+    def _account_signer(self) -> AccountSigner:
+        if self._signer is None:
             raise OrderFailed("no ACME account is loaded (call use_account first)")
-        return self._net
+        return self._signer
 
     # -- directory and account ---------------------------------------------------------------
 
@@ -303,23 +292,25 @@ class AcmeSession:
         profiles = self.meta.get("profiles")
         return dict(profiles) if isinstance(profiles, dict) else {}
 
-    def use_account(self, key: JWK, *, contact: tuple[str, ...] = (),
+    def use_account(self, key: PrivateKey, *, contact: tuple[str, ...] = (),
                     eab: tuple[str, str] | None = None) -> str:
         """Find or create the account for `key` (newAccount returns an existing one, RFC 8555
         §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
-        `eab` is (kid, base64url HMAC key)."""
-        alg = ES256 if isinstance(key, JWKEC) else RS256
-        self._net = ClientNetwork(key, alg=alg, verify_ssl=bool(self.verify),
-                                  user_agent=USER_AGENT)
-        self._thumbprint = b64.b64encode(key.thumbprint()).decode("ascii")
+        `eab` is (kid, base64url HMAC key). Raises ValueError for an unusable key type."""
+        signer = AccountSigner(key)
+        self._signer = signer
+        self.account_url = None
         directory = self.directory()
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
             payload["contact"] = list(contact)
         if eab is not None:
-            payload["externalAccountBinding"] = messages.ExternalAccountBinding.from_data(
-                account_public_key=key.public_key(), kid=eab[0], hmac_key=eab[1],
-                directory=messages.Directory.from_json(directory))
+            try:
+                payload["externalAccountBinding"] = signer.external_binding(
+                    eab[0], eab[1], directory["newAccount"])
+            except ValueError:
+                raise OrderFailed("acme.eab.hmac_key is not base64url",
+                                  hint="Copy the HMAC key exactly as the CA gave it.") from None
         elif self.meta.get("externalAccountRequired"):
             raise problem_error({"type": ACME_ERROR + "externalAccountRequired",
                                  "detail": "the CA requires External Account Binding"},
@@ -331,11 +322,11 @@ class AcmeSession:
         if not url:
             raise CAUnavailable("the CA created an account but sent no Location header")
         self.account_url = url
-        self._net.account = messages.RegistrationResource(uri=url, body=messages.Registration())
         return url
 
     def key_authorization(self, token: str) -> str:
-        return f"{token}.{self._thumbprint}"
+        """RFC 8555 §8.1: token "." base64url(JWK thumbprint of the account key)."""
+        return f"{token}.{self._account_signer().thumbprint}"
 
     # -- orders --------------------------------------------------------------------------------
 
@@ -423,8 +414,11 @@ class AcmeSession:
         problem: dict[str, Any] | None = None
         for challenge in authz.get("challenges", []):
             if isinstance(challenge.get("error"), dict):
-                problem = challenge["error"]
-        tried = f" (the CA fetched http://{name}{task.http01_path})" if task else ""
+                # The CA's detail repeats the URL it fetched; no token goes into messages,
+                # state or logs (the same "[token]" the event log shows).
+                problem = json.loads(_TOKEN_IN_URL.sub(r"\1[token]",
+                                                       json.dumps(challenge["error"])))
+        tried = f" (the CA fetched http://{name}{PREFIX_HTTP01}[token])" if task else ""
         error = problem_error(problem or {"type": ACME_ERROR + "unauthorized",
                                           "detail": f"authorization is {authz.get('status')}"},
                               status=None, retry_after=None, url=tried.strip(" ()") or name,
@@ -436,7 +430,7 @@ class AcmeSession:
 
     def finalize(self, order: Order, csr_der: bytes, deadline: float) -> bytes:
         """Finalize with `csr_der`, wait for the certificate, and return the PEM chain."""
-        csr = b64.b64encode(csr_der).decode("ascii")
+        csr = b64(csr_der)
         body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
         state = {"body": body}
 
@@ -504,7 +498,7 @@ class AcmeSession:
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
         cert = x509.load_pem_x509_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
-        payload = {"certificate": b64.b64encode(der).decode("ascii"), "reason": reason}
+        payload = {"certificate": b64(der), "reason": reason}
         self.post(self.directory()["revokeCert"], payload, context="revoking the certificate")
 
     def close(self) -> None:
@@ -517,9 +511,9 @@ def _rfc3339(value: str) -> datetime:
 
 
 def _short(error: BaseException | None) -> str:
-    text = str(error) if error else "unknown error"
-    # requests wraps urllib3 errors in long reprs; keep the useful tail.
-    for marker in ("Errno", "Connection refused", "Name or service not known",
+    text = (str(error) or type(error).__name__) if error else "unknown error"
+    # Socket and TLS errors can carry long reprs; keep the useful tail.
+    for marker in ("[Errno", "Connection refused", "Name or service not known",
                    "Connection reset", "timed out", "certificate verify failed"):
         if marker in text:
             index = text.find(marker)

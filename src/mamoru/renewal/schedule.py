@@ -8,8 +8,9 @@ an attempt that never recorded its end (the process was killed) counts as a fail
 (`recover_interrupted`). `site_config` is a fingerprint of the site's settings at the last
 record, so a restarted daemon knows whether the config changed meanwhile (`first_run`).
 
-Every function here is called with the site's lock held, except `first_run` and `planned`
-(read-only) and `recover_interrupted` (which takes the lock itself, without waiting).
+The check_due/record_* functions are called with the site's lock held (the pipeline's);
+`next_run`, `first_run`, `backoff_until` and `planned` only read; `recover_interrupted` takes
+the lock itself, without waiting.
 """
 
 from __future__ import annotations
