@@ -82,6 +82,13 @@ def obtain_for_site(site: Site, app: App, current: CertVersion | None) -> Issued
     replaces = None
     if current is not None and session.supports_ari:
         replaces = current.meta.get("ari_cert_id")
+        if not replaces:  # metadata rebuilt from the certificate: derive the id from it
+            from mamoru.protocol.session import ari_cert_id
+
+            try:
+                replaces = ari_cert_id(current.read("cert.pem"))
+            except (OSError, ValueError):
+                replaces = None
     key = generate_key(site.key)
     return obtain(site, session, solver_for(site.challenge), key, app.events, profile=profile,
                   replaces=replaces, timeout=app.settings.acme.order_timeout)
