@@ -11,6 +11,9 @@ expiring       the live certificate has fewer than `alerts.days_left` days left,
                its lifetime: the point where `mamoru status` calls a site in danger
 verify-failed  the web server did not serve the new certificate (a `verify-failed` event,
                or a failed attempt whose error class is VerifyFailed)
+site-check     the browser's-eye check after an install found a problem a patient would see
+               (a `check` event whose worst finding is a problem: wrong chain, no redirect,
+               mixed content...); resolved by a later check without problems
 recovered      a problem that was alerted is gone (a certificate was renewed and served,
                or the one in place is no longer close to expiry)
 =============  ===========================================================================
@@ -81,8 +84,8 @@ class AlertDeliveryError(MamoruError):
 
 @dataclass(frozen=True)
 class Alert:
-    """One thing to tell a person. `kind`: failing | expiring | verify-failed | recovered |
-    test."""
+    """One thing to tell a person. `kind`: failing | expiring | verify-failed | site-check |
+    recovered | test."""
 
     kind: str
     site: str | None
@@ -343,6 +346,13 @@ class AlertSink:
                     f"attempt {attempt})", event.time, details=self._facts(event))
         elif event.kind in SUCCESS_KINDS:
             resolved |= {"failing", "verify-failed"}
+        elif event.kind == "check":
+            if event.get("worst") == "problem":
+                problems["site-check"] = Alert(
+                    "site-check", site, f"{site}: patients' browsers see a problem: "
+                    f"{event.message}", event.time, details=self._facts(event))
+            else:
+                resolved.add("site-check")
         version = self.storage.live(site)
         if version is not None:
             left = version.not_after - event.time

@@ -226,6 +226,22 @@ def test_verify_mismatch_alerts_at_once(tmp_path: Path, smtp: SmtpReceiver,
     assert "does not serve the new certificate" in subject(smtp.messages[0])
 
 
+def test_browser_check_problem_alerts_once_and_recovers(tmp_path: Path, smtp: SmtpReceiver,
+                                                        hook: WebhookReceiver) -> None:
+    settings = load_config(str(alert_config(tmp_path, smtp, hook.url)))
+    rig = Rig(settings)
+    install_site(rig.storage, "clinic", ["clinic.example"], NOW - DAY, NOW + 89 * DAY)
+    rig.emit("check", message="browser check: warning", worst="warning")
+    for _ in range(2):  # the same problem twice: one alert
+        rig.emit("check", message="browser check: problem — clinic.example http.redirect: "
+                 "plain HTTP is served without a redirect", worst="problem")
+    rig.emit("check", message="browser check: ok", worst="ok")
+    rig.sink.close(5)
+    assert [p.json["alert"] for p in hook.requests] == ["site-check", "recovered"]
+    assert "without a redirect" in hook.requests[0].json["message"]
+    assert len(smtp.messages) == 2
+
+
 def test_stops_and_lock_waits_are_not_failures(tmp_path: Path, smtp: SmtpReceiver,
                                                hook: WebhookReceiver) -> None:
     settings = load_config(str(alert_config(tmp_path, smtp, hook.url)))
