@@ -128,3 +128,8 @@ def a2c_factory(tmp_path: Path) -> Iterator[Callable[..., Acme2Certifier]]:
 def a2c(a2c_factory: Callable[..., Acme2Certifier]) -> Acme2Certifier:
     """A fresh acme2certifier (defaults) per test; serve http-01 on ``a2c.http_port``."""
     return a2c_factory()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the secret scan last, so it sees the files and output of every other test."""
+    items.sort(key=lambda item: "test_zz_secret_scan" in item.nodeid)
