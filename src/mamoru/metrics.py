@@ -206,10 +206,8 @@ class MetricsSink:
     def serve(self, host: str, port: int) -> tuple[str, int]:
         """Start the HTTP endpoint (GET /metrics) on host:port; returns the bound address.
         Raises MamoruError when the address cannot be bound (taken, not local)."""
-        from prometheus_client import start_http_server
-
         try:
-            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            server = _endpoint(host, port, self.registry)
         except OSError as error:
             raise MamoruError(f"cannot serve metrics on {host}:{port}: {error.strerror}",
                               hint="Set metrics.listen to a free local port, or stop what "
@@ -268,6 +266,48 @@ class MetricsSink:
             self._writer = None
             self.write_textfile()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            _stop_endpoint(self._server)
             self._server = None
+
+
+def _endpoint(host: str, port: int, registry: Any) -> Any:
+    """The /metrics HTTP server, serving on a daemon thread.
+
+    Not prometheus_client's start_http_server: its serve_forever() polls twice a second, and
+    an idle daemon must not wake up between jobs. This one waits in select() for an hour at a
+    time; `_stop_endpoint` wakes it with a connection when it is time to stop."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, QuietHandler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 3600.0},
+                     name="metrics-endpoint", daemon=True).start()
+    return server
+
+
+def _stop_endpoint(server: Any) -> None:
+    """Stop `_endpoint`'s server within about a second: ask it to stop, then poke it awake."""
+    import contextlib
+    import socket
+
+    stopper = threading.Thread(target=server.shutdown, daemon=True)
+    stopper.start()
+    address = server.server_address[:2]
+    for _ in range(20):
+        with contextlib.suppress(OSError):
+            socket.create_connection(address, timeout=0.5).close()
+        stopper.join(0.05)
+        if not stopper.is_alive():
+            break
+    server.server_close()
