@@ -45,31 +45,16 @@ from mamoru.install.base import (
     https_suffix,
     is_mamoru_file,
     listen_address,
+    quote,
+    redirect_file,
     run_command,
+    site_file,
+    tls_file,
     write_owned,
 )
 
 STANDARD_PORTS = (80, 443)
 _CHALLENGE_PATTERN = "^" + ACME_CHALLENGE_PATH.replace(".", "\\.")  # a regex for RewriteCond
-
-
-def quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def site_file(site: Site) -> str:
-    assert site.server.conf_dir is not None  # the loader requires it for apache
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}.conf")
-
-
-def tls_file(site: Site) -> str:
-    assert site.server.conf_dir is not None
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}-tls.inc")
-
-
-def redirect_file(site: Site) -> str:
-    assert site.server.conf_dir is not None
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}-redirect.inc")
 
 
 def vhost_address(raw: str) -> str:

@@ -325,3 +325,31 @@ def https_suffix(site: Site) -> str:
     """':8443' when the HTTPS server is not on the standard port 443, else ''."""
     _, port = listen_address(site.server.listen_https)
     return "" if port == 443 else f":{port}"
+
+
+# -- the files mamoru owns in server.conf_dir (the same names for every server type) ---------
+
+
+def quote(value: str) -> str:
+    """A double-quoted string argument for nginx and Apache configs (paths may hold spaces)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _owned(site: Site, suffix: str) -> str:
+    assert site.server.conf_dir is not None  # the loader requires it for nginx and apache
+    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}{suffix}")
+
+
+def site_file(site: Site) -> str:
+    """Site mode: the whole generated server config."""
+    return _owned(site, ".conf")
+
+
+def tls_file(site: Site) -> str:
+    """Include mode: the TLS directives (.inc keeps it out of *.conf globs)."""
+    return _owned(site, "-tls.inc")
+
+
+def redirect_file(site: Site) -> str:
+    """Include mode: the HTTP->HTTPS redirect snippet."""
+    return _owned(site, "-redirect.inc")

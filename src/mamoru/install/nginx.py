@@ -26,29 +26,13 @@ from mamoru.install.base import (
     IncludeLine,
     header,
     https_suffix,
+    quote,
+    redirect_file,
     run_command,
+    site_file,
+    tls_file,
     write_owned,
 )
-
-
-def quote(value: str) -> str:
-    """An nginx string argument in double quotes (paths may hold spaces)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def site_file(site: Site) -> str:
-    assert site.server.conf_dir is not None  # the loader requires it for nginx
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}.conf")
-
-
-def tls_file(site: Site) -> str:
-    assert site.server.conf_dir is not None
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}-tls.inc")
-
-
-def redirect_file(site: Site) -> str:
-    assert site.server.conf_dir is not None
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}-redirect.inc")
 
 
 def has_ipv6() -> bool:
