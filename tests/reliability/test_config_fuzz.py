@@ -16,7 +16,7 @@ from mamoru.errors import ConfigError
 from tests.reliability.fuzzing import HOSTILE_NAMES, SAFE_DOMAIN, check_config_text, inputs
 
 CI_EXAMPLES = 300
-CI = settings(max_examples=CI_EXAMPLES, deadline=None, database=None,
+CI = settings(max_examples=CI_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -26,7 +26,7 @@ def test_config_text_gives_settings_or_located_config_errors(text: str) -> None:
     check_config_text(text)
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None, derandomize=True)
 @given(st.binary(max_size=400) | st.builds(lambda s: s.encode("utf-8", "surrogatepass"),
                                            st.text(max_size=200)))
 def test_config_file_bytes_give_settings_or_config_errors(data: bytes) -> None:

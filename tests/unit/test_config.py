@@ -102,6 +102,9 @@ def test_all_problems_reported_at_once_with_lines() -> None:
         ("acme: {timeout: yes}\nsites: {a: {domains: [a.example], challenge: {webroot: /w}}}\n",
          "must be a number, not a true/false"),
         ("acme: {directory: http://10.0.0.1/dir}\nsites: {}\n", "must be letsencrypt"),
+        ("acme: {directory: 'A://['}\nsites: {}\n", "is not a valid URL"),
+        ("acme: {directory: 'https://ca.example:99999/dir'}\nsites: {}\n", "is not a valid URL"),
+        ("alerts: {webhook: {url: 'http://['}}\nsites: {}\n", "is not an http(s) URL"),
         ("sites:\n  a: {domains: [a.example], challenge: {webroot: /w}}\n"
          "  a: {domains: [b.example]}\n",
          "duplicate key (first at line 2)"),

@@ -489,9 +489,18 @@ def _acme(m: _Map, ctx: _Context, file_mode: int | None) -> AcmeSettings:
     if isinstance(directory, str) and directory not in D.DIRECTORIES:
         from urllib.parse import urlsplit
 
-        parts = urlsplit(directory)
-        plain_local = parts.scheme == "http" and is_loopback(parts.hostname or "")
-        if parts.scheme != "https" and not plain_local:
+        try:
+            parts = urlsplit(directory)
+            _ = parts.port  # raises ValueError for a port out of range or not a number
+        except ValueError as error:
+            ctx.error(m.key_line("directory"), "acme.directory",
+                      f"{directory!r} is not a valid URL ({error})")
+            parts = None
+        plain_local = parts is not None and parts.scheme == "http" and is_loopback(
+            parts.hostname or "")
+        if parts is None:
+            pass
+        elif parts.scheme != "https" and not plain_local:
             ctx.error(m.key_line("directory"), "acme.directory",
                       f"{directory!r} must be letsencrypt, letsencrypt-staging or an https:// URL")
         elif not parts.hostname:
@@ -612,7 +621,7 @@ def _alerts(m: _Map, ctx: _Context, file_mode: int | None) -> AlertSettings:
     wh = m.sub("webhook")
     if wh.present:
         url = wh.text("url")
-        if isinstance(url, str) and not url.startswith(("https://", "http://")):
+        if isinstance(url, str) and not _http_url(url):
             ctx.error(wh.key_line("url"), "alerts.webhook.url", f"{url!r} is not an http(s) URL")
         webhook = WebhookAlerts(
             url=url,
@@ -642,6 +651,18 @@ def _check(m: _Map) -> CheckSettings:
     )
     m.finish()
     return out
+
+
+def _http_url(url: str) -> bool:
+    """True for a well-formed http(s) URL with a host (and a valid port, if any)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _metrics(m: _Map) -> MetricsSettings:

@@ -7,7 +7,7 @@ key's thumbprint (RFC 7638) makes the http-01 key authorization (RFC 8555 §8.1)
 Account Binding (§7.3.4) is an HS256 JWS over the account's JWK.
 
 Only `acme.jws` is imported from the `acme` package: its `acme.client`/`acme.messages` pull in
-`requests` and pyOpenSSL, about 10 MB and 0.1 s per process (docs/PERFORMANCE.md), for an
+`requests` and pyOpenSSL, about 8 MB and 0.08 s per process (docs/PERFORMANCE.md), for an
 HTTP layer mamoru replaces anyway (`transport.py`: a thread-safe nonce pool, Retry-After,
 `replaces`, ARI).
 """

@@ -57,6 +57,7 @@ BAD_NONCE_TRIES = 20
 TRANSPORT_TRIES = 3  # connection refused/reset: retried twice, quickly
 POLL_FIRST = 0.02
 POLL_MAX = 1.0
+DIRECTORY_FAILURE_MEMORY = 30.0  # seconds a failed directory fetch is not retried
 USER_AGENT = f"mamoru/{__version__}"
 PREFIX_HTTP01 = "/.well-known/acme-challenge/"
 _TOKEN_IN_URL = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]{16,}")
@@ -150,6 +151,7 @@ class AcmeSession:
         self.ca_bundle = ca_bundle
         self._signer: AccountSigner | None = None
         self._directory: dict[str, Any] | None = None
+        self._directory_failure: tuple[IssuanceError, float] | None = None
         self._nonces: list[str] = []
         self._lock = threading.Lock()
         self.http = ConnectionPool(ca_bundle=ca_bundle, timeout=timeout, max_idle=pool_size + 2,
@@ -262,21 +264,36 @@ class AcmeSession:
     # -- directory and account ---------------------------------------------------------------
 
     def directory(self) -> dict[str, Any]:
+        """The CA's directory, fetched once. A failed fetch is remembered for
+        DIRECTORY_FAILURE_MEMORY seconds, so a run that meets a down or hanging CA waits for it
+        once (for the renewal window and the order alike), not once per step."""
         if self._directory is None:
-            response = self._request("GET", self.directory_url)
-            if not response.ok:
-                raise self._problem(response, "fetching the ACME directory")
+            failed = self._directory_failure
+            if failed is not None and time.monotonic() - failed[1] < DIRECTORY_FAILURE_MEMORY:
+                raise failed[0]
             try:
-                body = response.json()
-                _ = body["newNonce"], body["newAccount"], body["newOrder"]
-            except (ValueError, KeyError, TypeError):
-                raise CAUnavailable(
-                    f"{self.directory_url} is not an ACME directory (no newNonce/newAccount/"
-                    "newOrder in its answer)",
-                    hint="Check acme.directory: it must be the CA's ACME directory URL.",
-                ) from None
-            self._directory = body
+                self._directory = self._fetch_directory()
+            except IssuanceError as error:
+                self._directory_failure = (error, time.monotonic())
+                raise
+            self._directory_failure = None
         return self._directory
+
+    def _fetch_directory(self) -> dict[str, Any]:
+        response = self._request("GET", self.directory_url)
+        if not response.ok:
+            raise self._problem(response, "fetching the ACME directory")
+        try:
+            body = response.json()
+            _ = body["newNonce"], body["newAccount"], body["newOrder"]
+        except (ValueError, KeyError, TypeError):
+            raise CAUnavailable(
+                f"{self.directory_url} is not an ACME directory (no newNonce/newAccount/"
+                "newOrder in its answer)",
+                hint="Check acme.directory: it must be the CA's ACME directory URL.",
+            ) from None
+        result: dict[str, Any] = body
+        return result
 
     @property
     def meta(self) -> dict[str, Any]:
