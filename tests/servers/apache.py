@@ -43,10 +43,9 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 from .ports import LOOPBACK, wait_for_port
-from .process import ServerError, children_of, pid_alive, require_binary, spawn, stop_process, tail
+from .process import ForegroundServer, ServerError, require_binary, spawn
 
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES_DIR = "/usr/lib/apache2/modules"
@@ -97,7 +96,7 @@ def make_traversable(path: str | os.PathLike[str], *, readable: bool = False) ->
         p.chmod(stat.S_IMODE(p.stat().st_mode) | stat.S_IROTH | stat.S_IXOTH)
 
 
-class Apache:
+class Apache(ForegroundServer):
     """Apache httpd with a private config in ``workdir``; a context manager.
 
     Args:
@@ -109,6 +108,8 @@ class Apache:
     Attributes: ``workdir``, ``conf_path``, ``conf_dir``, ``docroot``, ``pid_file``,
     ``error_log``, ``access_log``, ``test_argv``, ``reload_argv``, ``start_argv``, ``pid``.
     """
+
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -290,54 +291,10 @@ IncludeOptional {self.conf_dir}/*.conf
             self.wait_generation(before + 1, timeout)
         return result
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the parent by PID: SIGTERM, then SIGKILL after ``timeout``."""
-        stop_process(self._proc, timeout=timeout)
-
-    def __enter__(self) -> Apache:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # ---- state -----------------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int | None:
-        """The parent's PID while it runs, else None."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc.pid
-        return None
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None and pid_alive(self.pid)
+    # ---- state (lifecycle, pid, running, logs: ForegroundServer) ----------------------
 
     def child_pids(self) -> list[int]:
-        return children_of(self._proc.pid) if self.pid else []
-
-    def _read_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def error_log_text(self) -> str:
-        try:
-            return self.error_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def diagnostics(self) -> str:
-        return (
-            f"--- {self.error_log} ---\n{tail(self.error_log)}\n"
-            f"--- {self.stdout_log} ---\n{tail(self.stdout_log)}"
-        )
+        return self._children()
 
 
 def _clean_env() -> dict[str, str]:

@@ -29,24 +29,15 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 
 from .ports import LOOPBACK, wait_for_port
-from .process import (
-    ServerError,
-    children_of,
-    pid_alive,
-    require_binary,
-    spawn,
-    stop_process,
-    tail,
-)
+from .process import ForegroundServer, ServerError, children_of, require_binary, spawn
 
 NGINX_BIN = "/usr/sbin/nginx"
 MIME_TYPES = "/etc/nginx/mime.types"
 
 
-class Nginx:
+class Nginx(ForegroundServer):
     """nginx with a private prefix in ``workdir``; a context manager.
 
     Args:
@@ -58,6 +49,8 @@ class Nginx:
     ``access_log``, ``test_argv``, ``reload_argv``, ``start_argv``, ``pid`` (master PID
     while running).
     """
+
+    stop_timeout = 5.0
 
     def __init__(
         self,
@@ -235,51 +228,7 @@ http {{
                 )
             time.sleep(0.01)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the master by PID: SIGTERM (fast shutdown), then SIGKILL after ``timeout``."""
-        stop_process(self._proc, timeout=timeout)
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # ---- state -----------------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int | None:
-        """The master's PID while it runs, else None."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc.pid
-        return None
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None and pid_alive(self.pid)
+    # ---- state (lifecycle, pid, running, logs: ForegroundServer) ----------------------
 
     def worker_pids(self) -> list[int]:
-        return children_of(self._proc.pid) if self.pid else []
-
-    def _read_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def error_log_text(self) -> str:
-        try:
-            return self.error_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def diagnostics(self) -> str:
-        return (
-            f"--- {self.error_log} ---\n{tail(self.error_log)}\n"
-            f"--- {self.stdout_log} ---\n{tail(self.stdout_log)}"
-        )
+        return self._children()

@@ -16,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 #: Every child started by spawn(); an atexit hook stops those still running, so a test run
 #: that dies on an exception or Ctrl-C before fixture teardown leaves no server behind.
@@ -177,3 +179,63 @@ def wait_pid_gone(pid: int, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+class ForegroundServer:
+    """What nginx and Apache launchers share: one foreground parent process (`_proc`) that
+    writes `pid_file`, `error_log` and `stdout_log`, stopped by PID; a context manager.
+
+    Subclasses set those attributes and `_proc` (None until started), define `start()`, and may
+    change `stop_timeout`."""
+
+    stop_timeout = 5.0
+    _proc: subprocess.Popen[bytes] | None
+    pid_file: Path
+    error_log: Path
+    stdout_log: Path
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the parent by PID: SIGTERM, then SIGKILL after ``timeout``."""
+        stop_process(self._proc, timeout=self.stop_timeout if timeout is None else timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The parent's PID while it runs, else None."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and pid_alive(self.pid)
+
+    def _children(self) -> list[int]:
+        return children_of(self._proc.pid) if self._proc is not None and self.pid else []
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def error_log_text(self) -> str:
+        try:
+            return self.error_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def diagnostics(self) -> str:
+        return (
+            f"--- {self.error_log} ---\n{tail(self.error_log)}\n"
+            f"--- {self.stdout_log} ---\n{tail(self.stdout_log)}"
+        )
