@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from mamoru.config.model import Settings
-from mamoru.events import Events, EventSink, JsonlSink, StderrSink
+from mamoru.observe.events import Events, EventSink, JsonlSink, StderrSink
 from mamoru.storage import FileStorage
 
 if TYPE_CHECKING:
@@ -90,11 +90,15 @@ def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
         events.add(JsonlSink(paths.event_log, paths.event_log_max_bytes, paths.event_log_keep))
     storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
     if observers and (settings.metrics.textfile or settings.metrics.listen):
-        from mamoru.metrics import MetricsSink  # also counts one-shot runs' failures on disk
+        from mamoru.observe.metrics import (
+            MetricsSink,  # also counts one-shot runs' failures on disk
+        )
 
         events.add(MetricsSink(settings, storage, serve=serve_metrics))
     if observers and (settings.alerts.email or settings.alerts.webhook):
-        from mamoru.alerts import build_alert_sink  # smtplib & co.: only when alerts are set up
+        from mamoru.observe.alerts import (
+            build_alert_sink,  # smtplib & co.: only when alerts are set up
+        )
 
         alerts = build_alert_sink(settings.alerts, storage, events)
         if alerts is not None:

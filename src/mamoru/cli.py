@@ -207,7 +207,7 @@ cmd_renew = cmd_provision  # the same command; `args.verb` tells them apart
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mamoru.app import build_app
-    from mamoru.daemon import run
+    from mamoru.service.daemon import run
 
     settings = _load(args)
     return run(build_app(settings, serve_metrics=True))
@@ -238,7 +238,7 @@ def _stdout_gone() -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mamoru.status import collect, danger_summary, exit_code, render_table, to_json
+    from mamoru.observe.status import collect, danger_summary, exit_code, render_table, to_json
 
     settings = _load(args)
     rows = collect(settings)
@@ -257,7 +257,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     from mamoru.errors import UsageError
-    from mamoru.logquery import Query, Reader, parse_since, render_line, to_json_line
+    from mamoru.observe.logquery import Query, Reader, parse_since, render_line, to_json_line
 
     settings = _load(args)
     try:
@@ -282,8 +282,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_alert_test(args: argparse.Namespace) -> int:
-    from mamoru.alerts import AlertSink
     from mamoru.errors import UsageError
+    from mamoru.observe.alerts import AlertSink
     from mamoru.storage import FileStorage
 
     settings = _load(args)
@@ -321,9 +321,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mamoru.check import check_url, exit_code, render_table, to_json
-    from mamoru.config.load import parse_address
+    from mamoru.check.report import check_url, exit_code, render_table, to_json
     from mamoru.errors import UsageError
+    from mamoru.netaddr import parse_address
 
     connect = parse_address(args.connect, "127.0.0.1") if args.connect else None
     http_connect = parse_address(args.http_connect, "127.0.0.1") if args.http_connect else None
@@ -335,7 +335,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     urls = [t for t in args.targets if t not in site_names]
     reports = []
     if site_names or not args.targets:
-        from mamoru.sitecheck import check_site
+        from mamoru.check.site import check_site
         from mamoru.storage import FileStorage
 
         settings = _load(args)

@@ -13,10 +13,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from mamoru.app import App
-from mamoru.challenges import ChallengeSolver, solver_for
+from mamoru.challenges.base import ChallengeSolver, solver_for
 from mamoru.config.model import Site
 from mamoru.errors import OrderFailed
-from mamoru.events import Events
+from mamoru.observe.events import Events
 from mamoru.protocol.keys import PrivateKey, generate_key, key_pem, make_csr_der
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage import CertVersion

@@ -115,7 +115,7 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
                         order=issued.order_url, version=version.number,
                         duration=round(time.monotonic() - ordered, 3))
 
-            from mamoru.install import install
+            from mamoru.install.transaction import install
 
             stored_at = time.monotonic()
             result = install(site, version, storage, events, stop=app.stop)
@@ -166,7 +166,7 @@ def reinstall(site: Site, app: App, current: CertVersion, decision: Decision, st
     """Put the stored, still-good certificate back in service (the server serves another one,
     or the site's server settings changed): the install transaction, without an order.
     Raises what `install` raises; `provision` records it as a failed attempt."""
-    from mamoru.install import install
+    from mamoru.install.transaction import install
 
     result = install(site, current, app.storage, app.events, stop=app.stop)
     next_due = schedule.record_success(site, app, current, verified=result.verified)
@@ -183,7 +183,7 @@ def browser_check(site: Site, app: App, version: CertVersion) -> None:
     """Look at the freshly installed site as a patient's browser would; one `check` event.
     Advisory: the certificate is installed and verified already, so findings never fail the
     run, but a problem is logged as an error (and so reaches alerts)."""
-    from mamoru.sitecheck import check_site
+    from mamoru.check.site import check_site
 
     settings = app.settings.check
     reports = check_site(site, version, ca_bundle=settings.ca_bundle, timeout=settings.timeout,

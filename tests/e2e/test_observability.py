@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mamoru.app import build_app
 from mamoru.config import load_config
-from mamoru.metrics import MetricsSink
+from mamoru.observe.metrics import MetricsSink
 from tests.helpers import run_mamoru, write_config
 from tests.servers.pebble import Pebble
 from tests.servers.ports import free_port

@@ -24,9 +24,9 @@ from tests.servers.tls import CertAndKey, make_ca, make_leaf
 
 from mamoru.config.model import Challenge, Server, Site
 from mamoru.errors import ConfigTestFailed, ReloadFailed, VerifyFailed
-from mamoru.events import Events, MemorySink
-from mamoru.install import InstallRefused, install
+from mamoru.install.transaction import InstallRefused, install
 from mamoru.install.verify import fetch_leaf
+from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import CertVersion, FileStorage
 
 pytestmark = pytest.mark.e2e  # starts real web servers

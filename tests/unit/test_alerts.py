@@ -19,10 +19,10 @@ from tests.servers.ports import free_port
 from tests.servers.receivers import SmtpReceiver, WebhookReceiver
 from tests.servers.sitestate import install_site
 
-from mamoru.alerts import AlertSink, expiry_threshold, sign, verify_signature
 from mamoru.config import load_config
 from mamoru.config.model import Settings
-from mamoru.events import Events, MemorySink
+from mamoru.observe.alerts import AlertSink, expiry_threshold, sign, verify_signature
+from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import FileStorage
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

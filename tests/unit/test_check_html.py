@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mamoru.check import (
+from mamoru.check.report import (
     MAX_LISTED,
     InsecureReference,
     MixedContentScan,

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from mamoru.config import load_config, load_config_text
-from mamoru.config.load import find_config_path, parse_address
+from mamoru.config.load import find_config_path
 from mamoru.errors import ConfigError
+from mamoru.netaddr import parse_address
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mamoru.events import (
+from mamoru.observe.events import (
     Event,
     Events,
     JsonlSink,
@@ -23,7 +23,7 @@ from mamoru.events import (
     StderrSink,
     scrub,
 )
-from mamoru.logquery import log_files
+from mamoru.observe.logquery import log_files
 
 KEY_PEM = ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBfakefakefakefakefakefakefakefakefake\n"
            "-----END EC PRIVATE KEY-----\n")
@@ -113,7 +113,7 @@ def test_journald_is_detected_only_on_the_journal_stream(tmp_path: Path,
 
 WRITER = textwrap.dedent("""
     import sys
-    from mamoru.events import Events, JsonlSink
+    from mamoru.observe.events import Events, JsonlSink
     path, writer, count, max_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     events = Events([JsonlSink(path, max_bytes=max_bytes, keep=1000)])
     for index in range(count):
@@ -164,7 +164,7 @@ def test_jsonl_unwritable_log_does_not_raise(tmp_path: Path) -> None:
 
 COUNTER = textwrap.dedent("""
     import sys
-    from mamoru.events import SinkState
+    from mamoru.observe.events import SinkState
     state = SinkState(sys.argv[1])
     for _ in range(int(sys.argv[2])):
         state.update(lambda data: data.__setitem__("n", data.get("n", 0) + 1))

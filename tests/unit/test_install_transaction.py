@@ -23,11 +23,11 @@ from cryptography.x509.oid import NameOID
 
 from mamoru.config.model import Server, Site
 from mamoru.errors import Cancelled, ConfigTestFailed, ReloadFailed, VerifyFailed
-from mamoru.events import Events, MemorySink
-from mamoru.install import install, served_matches
 from mamoru.install.base import InstallRefused, write_owned
 from mamoru.install.commands import default_reload, installer_for
+from mamoru.install.transaction import install, served_matches
 from mamoru.install.verify import leaf_der, verify_address, wait_until_served
+from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import CertVersion, FileStorage
 
 NAMES = ("clinic.example", "www.clinic.example")

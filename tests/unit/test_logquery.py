@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tests.helpers import run_mamoru, write_config
 
-from mamoru.events import Events, JsonlSink
-from mamoru.logquery import Query, Reader, log_files, parse_since, render_line
+from mamoru.observe.events import Events, JsonlSink
+from mamoru.observe.logquery import Query, Reader, log_files, parse_since, render_line
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 

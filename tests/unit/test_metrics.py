@@ -18,7 +18,7 @@ from tests.servers.sitestate import failed_attempt, install_site, succeeded
 from mamoru.app import build_app
 from mamoru.config import load_config
 from mamoru.config.model import Settings
-from mamoru.metrics import MetricsSink
+from mamoru.observe.metrics import MetricsSink
 from mamoru.storage import CertVersion, FileStorage
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -17,7 +17,7 @@ from tests.servers.sitestate import install_site
 from mamoru.app import App
 from mamoru.config.model import AcmeSettings, Challenge, Paths, Server, Settings, Site
 from mamoru.errors import CAUnavailable, OrderFailed, RateLimited
-from mamoru.events import Events, MemorySink
+from mamoru.observe.events import Events, MemorySink
 from mamoru.protocol.session import RenewalInfo
 from mamoru.renewal import schedule
 from mamoru.storage import CertVersion, FileStorage

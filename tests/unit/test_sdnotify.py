@@ -1,4 +1,4 @@
-"""mamoru.sdnotify against a real AF_UNIX datagram socket standing in for systemd's.
+"""mamoru.service.sdnotify against a real AF_UNIX datagram socket standing in for systemd's.
 
 Each test binds its own receiving socket (a path under tmp_path, or an abstract name) and
 asserts the exact bytes systemd would read.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from mamoru import sdnotify
-from mamoru.sdnotify import Notifier
+from mamoru.service import sdnotify
+from mamoru.service.sdnotify import Notifier
 
 RECV_TIMEOUT = 5.0
 
@@ -185,7 +185,7 @@ def test_unusable_or_absent_socket_disables_every_call(
         created.append(args)
         return real_socket(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("mamoru.sdnotify.socket.socket", spy)
+    monkeypatch.setattr("mamoru.service.sdnotify.socket.socket", spy)
     notifier = Notifier(environ)
     assert not notifier.enabled
     assert notifier.ready("x") is False
@@ -218,10 +218,10 @@ def test_missing_socket_path_logs_at_debug_and_returns_false(
 ) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     assert notifier.enabled
-    with caplog.at_level(logging.DEBUG, logger="mamoru.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="mamoru.service.sdnotify"):
         assert notifier.ready() is False
         assert notifier.watchdog() is False
-    records = [r for r in caplog.records if r.name == "mamoru.sdnotify"]
+    records = [r for r in caplog.records if r.name == "mamoru.service.sdnotify"]
     assert len(records) == 2
     assert all(r.levelno == logging.DEBUG for r in records)
     assert "READY=1" in records[0].getMessage()
@@ -270,7 +270,7 @@ def test_socket_creation_failure_returns_false(
     def refuse(*args: object, **kwargs: object) -> socket.socket:
         raise OSError(97, "Address family not supported by protocol")
 
-    monkeypatch.setattr("mamoru.sdnotify.socket.socket", refuse)
+    monkeypatch.setattr("mamoru.service.sdnotify.socket.socket", refuse)
     assert notifier_for(path_receiver).ready() is False
 
 

@@ -11,7 +11,7 @@ from tests.helpers import run_mamoru, write_config
 from tests.servers.sitestate import failed_attempt, install_site, succeeded
 
 from mamoru.config.model import Server, Site
-from mamoru.status import SiteStatus, exit_code, render_table, site_status
+from mamoru.observe.status import SiteStatus, exit_code, render_table, site_status
 from mamoru.storage import FileStorage
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -1,35 +1,5 @@
-"""Challenge solvers: how mamoru proves to the CA that it controls a name.
+"""Challenge solvers: how mamoru proves to the CA that it controls a name (webroot and
+standalone http-01). Solvers see plain values (`base.ChallengeTask`), never protocol types.
 
-A solver sees plain values (`ChallengeTask`: identifier, token, key authorization), never
-protocol types. `cleanup` must work after a failed or partial `present`, and is always called.
+May import: config, errors, storage.atomic. Never protocol, install, renewal, pipeline or cli.
 """
-
-from __future__ import annotations
-
-import re
-from typing import Protocol
-
-from mamoru.config.model import Challenge
-from mamoru.protocol.session import ChallengeTask
-
-TOKEN = re.compile(r"[A-Za-z0-9_-]{16,256}\Z")  # base64url, RFC 8555 §8.1
-
-
-class ChallengeSolver(Protocol):
-    challenge_type: str
-
-    def present(self, task: ChallengeTask) -> None:
-        """Make the answer reachable by the CA. Raises ChallengeFailed when it cannot."""
-
-    def cleanup(self, task: ChallengeTask) -> None:
-        """Remove what present() made; never raises; safe after a failed present()."""
-
-
-def solver_for(challenge: Challenge) -> ChallengeSolver:
-    from mamoru.challenges.standalone import StandaloneSolver
-    from mamoru.challenges.webroot import WebrootSolver
-
-    if challenge.webroot:
-        return WebrootSolver(challenge.webroot)
-    assert challenge.standalone is not None
-    return StandaloneSolver(*challenge.standalone)

@@ -12,9 +12,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
-from mamoru.challenges import TOKEN
+from mamoru.challenges.base import TOKEN, ChallengeTask
 from mamoru.errors import ChallengeFailed
-from mamoru.protocol.session import ChallengeTask
 
 log = logging.getLogger(__name__)
 _TOKEN_IN_PATH = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]+")

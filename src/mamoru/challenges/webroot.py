@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
-from mamoru.challenges import TOKEN
+from mamoru.challenges.base import TOKEN, ChallengeTask
 from mamoru.errors import ChallengeFailed, StorageError
-from mamoru.protocol.session import ChallengeTask
 from mamoru.storage.atomic import write_file
 
 

@@ -9,7 +9,6 @@ config has no use for them, and they are how "billion laughs" documents blow up 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import stat
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from mamoru.config.model import (
 )
 from mamoru.config.names import NameError_, check_site_name, normalize_domain
 from mamoru.errors import ConfigError, ConfigProblem
+from mamoru.netaddr import is_loopback, parse_address
 
 _STANDARD_TAGS = {
     "tag:yaml.org,2002:" + t
@@ -375,35 +375,6 @@ def _address(m: _Map, key: str, default_host: str | None = None) -> tuple[str, i
     if parsed is None:
         m.ctx.error(node.line, path, f"{raw!r} is not HOST:PORT with a port from 1 to 65535")
     return parsed
-
-
-def parse_address(raw: str, default_host: str | None = None) -> tuple[str, int] | None:
-    """Parse "host:port", "[v6]:port" or (with default_host) "port". None when malformed."""
-    host: str | None
-    if raw.startswith("["):
-        end = raw.find("]")
-        host, _, port_text = raw[1:end], None, raw[end + 2:] if end > 0 else ""
-        if end < 0 or raw[end + 1:end + 2] != ":":
-            return None
-    elif ":" in raw:
-        host, _, port_text = raw.rpartition(":")
-    else:
-        host, port_text = default_host, raw
-    if not host or not port_text.isdigit():
-        return None
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        return None
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _secret(m: _Map, key: str, file_key: str, ctx: _Context, file_mode: int | None

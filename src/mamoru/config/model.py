@@ -151,7 +151,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """The browser's-eye check run after every install (mamoru.check)."""
+    """The browser's-eye check run after every install (mamoru.check.report)."""
 
     after_install: bool = True
     ca_bundle: str | None = None  # trust for the check; default: the system store

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from mamoru.config.model import Site
 from mamoru.errors import ConfigTestFailed, InstallError, ReloadFailed, StorageError
+from mamoru.netaddr import WILDCARD_HOSTS, parse_address
 from mamoru.storage.atomic import write_file
 
 # The first line of every file mamoru generates; a file without it is never overwritten.
@@ -304,14 +305,9 @@ class CommandInstaller:
 
 # --- listen addresses -------------------------------------------------------------------------
 
-WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})  # noqa: S104 - parsed, never bound
-
-
 def listen_address(raw: str) -> tuple[str | None, int]:
     """`"443"` -> (None, 443) (every address); `"127.0.0.1:8443"` -> ("127.0.0.1", 8443);
     `"[::1]:443"` -> ("::1", 443). The config loader has already validated the form."""
-    from mamoru.config.load import parse_address
-
     if raw.isdigit():
         return None, int(raw)
     parsed = parse_address(raw)

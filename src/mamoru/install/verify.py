@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mamoru.config.load import parse_address
 from mamoru.config.model import Site
+from mamoru.netaddr import connect_address
 from mamoru.storage import CertVersion
 
 # Pauses between rounds: the first retries come quickly (an nginx reload takes tens of
@@ -47,15 +47,7 @@ def verify_address(site: Site) -> tuple[str, int] | None:
         return server.verify
     if server.type == "command":
         return None
-    parsed = parse_address(server.listen_https, "127.0.0.1")
-    if parsed is None:
-        return None
-    host, port = parsed
-    if host in ("0.0.0.0", "*"):  # noqa: S104 - a listen address: reach it on loopback
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return host, port
+    return connect_address(server.listen_https)
 
 
 def sni_name(name: str) -> str:

@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mamoru import __version__
+from mamoru.challenges.base import PREFIX_HTTP01, ChallengeTask
 from mamoru.errors import (
     BadNonceExhausted,
     Cancelled,
@@ -59,25 +60,9 @@ POLL_FIRST = 0.02
 POLL_MAX = 1.0
 DIRECTORY_FAILURE_MEMORY = 30.0  # seconds a failed directory fetch is not retried
 USER_AGENT = f"mamoru/{__version__}"
-PREFIX_HTTP01 = "/.well-known/acme-challenge/"
 _TOKEN_IN_URL = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]{16,}")
 JOSE = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
-
-
-@dataclass(frozen=True)
-class ChallengeTask:
-    """What a challenge solver needs to know, as plain values (STYLE §3)."""
-
-    identifier: str
-    type: str
-    token: str
-    key_authorization: str
-    url: str = field(repr=False, default="")
-
-    @property
-    def http01_path(self) -> str:
-        return f"{PREFIX_HTTP01}{self.token}"
 
 
 @dataclass

@@ -63,7 +63,7 @@ from mamoru.app import App
 from mamoru.config.model import Settings, Site
 from mamoru.errors import Cancelled, MamoruError
 from mamoru.renewal import schedule
-from mamoru.sdnotify import Notifier
+from mamoru.service.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 

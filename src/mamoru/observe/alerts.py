@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from mamoru.config.model import AlertSettings, EmailAlerts, WebhookAlerts
 from mamoru.errors import MamoruError
-from mamoru.events import Event, Events, SinkState, iso, scrub
+from mamoru.observe.events import Event, Events, SinkState, iso, scrub
 from mamoru.storage import FileStorage
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Run `mamoru.check` for configured sites: every name, against the stored certificate.
+"""Run `mamoru.check.report` for configured sites: every name, against the stored certificate.
 
 Used by `mamoru check SITE` and, after every install, by the pipeline (its result becomes a
 `check` event, so it reaches the event log and alerts).
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from mamoru.check import TargetReport, check_url
-from mamoru.config.load import parse_address
+from mamoru.check.report import TargetReport, check_url
 from mamoru.config.model import Site
+from mamoru.netaddr import connect_address
 from mamoru.storage import CertVersion
 
 
@@ -20,13 +20,8 @@ def local_addresses(site: Site) -> tuple[tuple[str, int] | None, tuple[str, int]
     server = site.server
     if server.type == "none":
         return None, None
-    https = server.verify or parse_address(server.listen_https, "127.0.0.1")
-    http = parse_address(server.listen_http, "127.0.0.1")
-    if https and https[0] in ("0.0.0.0", "::", "*"):  # noqa: S104 - a listen address, not a bind
-        https = ("127.0.0.1", https[1])
-    if http and http[0] in ("0.0.0.0", "::", "*"):  # noqa: S104
-        http = ("127.0.0.1", http[1])
-    return https, http
+    return server.verify or connect_address(server.listen_https), connect_address(
+        server.listen_http)
 
 
 def check_site(site: Site, version: CertVersion | None, *, ca_bundle: str | None,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mamoru.config.model import Settings, Site
-from mamoru.events import iso, scrub
+from mamoru.observe.events import iso, scrub
 from mamoru.storage import CertVersion, FileStorage
 
 DANGER_FRACTION = 1 / 6

@@ -41,8 +41,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from mamoru.config.model import Settings
 from mamoru.errors import MamoruError
-from mamoru.events import Event, SinkState
-from mamoru.status import SiteStatus, site_status
+from mamoru.observe.events import Event, SinkState
+from mamoru.observe.status import SiteStatus, site_status
 from mamoru.storage import FileStorage
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """`mamoru log`: query the JSON-lines event log, including its rotated files, newest last.
 
 The log is `paths.event_log` plus up to `paths.event_log_keep` rotated files beside it
-(`events.jsonl.1` is the newest old one; see mamoru.events.JsonlSink). Lines that are not JSON
+(`events.jsonl.1` is the newest old one; see observe.events.JsonlSink). Lines that are not JSON
 objects (a disk that filled mid-line, a hand edit) are skipped and counted, never fatal.
 
 Filters: `site`, `since` (an aware datetime; `parse_since` reads "30m", "12h", "7d", "2w",

@@ -1,0 +1,413 @@
+"""Putting a stored certificate into service, as a transaction.
+
+    write generated file(s) -> flip live/<site> -> config test -> reload -> verify (per name)
+
+Any failure puts back the previous live/<site> link and the previous generated files, reloads
+again if the server had been told to reload, and raises the step's error (ConfigTestFailed,
+ReloadFailed, VerifyFailed) carrying the server's own output. A config test failure never
+leads to a reload. One exception to "put back": when the previous state fails the config
+test itself (a first install in include mode whose include line the user has already added),
+mamoru keeps the new files, which passed, rather than leave a config the server would refuse
+at its next start; the error says so. A site without a server (type none) only gets its
+live/ link flipped.
+
+The installers (nginx.py, apache.py, base.CommandInstaller) know their server; verify.py knows
+how to prove what a server serves; this module tells the story and keeps the books.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from mamoru.config.model import Site
+from mamoru.errors import (
+    Cancelled,
+    ConfigTestFailed,
+    InstallError,
+    MamoruError,
+    ReloadFailed,
+    StorageError,
+    VerifyFailed,
+)
+from mamoru.install.base import (
+    OUTPUT_TAIL,
+    Deployment,
+    IncludeLine,
+    Installer,
+    InstallRefused,
+    important_lines,
+)
+from mamoru.install.commands import installer_for
+from mamoru.install.verify import (
+    VerifyReport,
+    leaf_der,
+    served_matches,
+    verify_address,
+    wait_until_served,
+)
+from mamoru.observe.events import Events
+from mamoru.storage import CertVersion, FileStorage
+
+__all__ = ["InstallRefused", "InstallResult", "Installer", "install", "installer_for",
+           "served_matches"]
+
+
+@dataclass
+class InstallResult:
+    """`verified`: every name was proven to serve the new certificate (False when the site's
+    server cannot be asked, see verify.verify_address). `timings`: seconds per step."""
+
+    installed: bool
+    verified: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class ListsIncludes(Protocol):
+    """Optional installer capability: the files the server's config reads right now."""
+
+    def included_files(self) -> set[str] | None: ...
+
+
+def install(site: Site, version: CertVersion, storage: FileStorage, events: Events, *,
+            stop: threading.Event | None = None, installer: Installer | None = None
+            ) -> InstallResult:
+    """Make `version` the site's live certificate and, with a server, prove it is served.
+
+    Holds no lock itself: the caller holds the site's lock. On failure everything is put back
+    as it was and an InstallError (ConfigTestFailed, ReloadFailed, VerifyFailed,
+    InstallRefused), a StorageError, or Cancelled (when `stop` was set during verification) is
+    raised. `installer` overrides the one the site's settings choose (tests)."""
+    if site.server.type == "none":
+        previous = storage.activate(version)
+        events.emit("installed", site.name, f"live/{site.name} now points at version "
+                    f"{version.name}", version=version.number, serial=version.meta.get("serial"),
+                    previous=previous.meta.get("serial") if previous else None)
+        return InstallResult(installed=True, verified=False)
+    return _Transaction(site, version, storage, events, installer or installer_for(site),
+                        stop).run()
+
+
+class _Transaction:
+    def __init__(self, site: Site, version: CertVersion, storage: FileStorage, events: Events,
+                 installer: Installer, stop: threading.Event | None) -> None:
+        self.site, self.version, self.storage, self.events = site, version, storage, events
+        self.installer = installer
+        self.stop = stop
+        self.deployment: Deployment | None = None
+        self.flipped = False
+        self.previous: CertVersion | None = None
+        self.reload_attempted = False
+        self.test_output = ""
+        self.timings: dict[str, float] = {}
+        self._lap_started = time.monotonic()
+
+    def _lap(self, step: str) -> float:
+        now = time.monotonic()
+        self.timings[step] = now - self._lap_started
+        self._lap_started = now
+        return self.timings[step]
+
+    def emit(self, kind: str, message: str, **fields: object) -> None:
+        self.events.emit(kind, self.site.name, message, **fields)
+
+    # -- the story ---------------------------------------------------------------------------
+
+    def run(self) -> InstallResult:
+        site, version, installer = self.site, self.version, self.installer
+        started = time.monotonic()
+        try:
+            check_pair(version)
+            self.deployment = installer.deploy(site, self.storage.live_dir)
+            self.previous = self.storage.activate(version)
+            self.flipped = True
+            self.emit("installed", f"live/{site.name} now points at version {version.name}"
+                      + (f"; wrote {', '.join(self.deployment.files)}"
+                         if self.deployment.files else ""),
+                      version=version.number, serial=version.meta.get("serial"),
+                      previous=self.previous.meta.get("serial") if self.previous else None,
+                      files=self.deployment.files or None, duration=round(self._lap("deploy"), 3))
+            self.key_permissions()
+
+            tested = installer.config_test()
+            self.test_output = tested.output
+            self.emit("config-test", f"{installer.kind} accepted the config"
+                      + (f" (`{tested.command}`)" if tested.argv else " (no test command)"),
+                      command=tested.command or None, duration=round(self._lap("config_test"), 3),
+                      warnings=_warnings(tested.output) or None)
+
+            self.reload_attempted = True
+            reloaded = installer.reload()
+            self.emit("reloaded", f"{installer.kind} reloaded (`{reloaded.command}`)",
+                      command=reloaded.command, duration=round(self._lap("reload"), 3))
+
+            verified = self.verify()
+            self.timings["install"] = time.monotonic() - started
+            return InstallResult(installed=True, verified=verified, timings=self.timings,
+                                 notes=list(self.deployment.notes))
+        except MamoruError as error:
+            raise self.undo(error) from None
+        except BaseException as error:  # a bug or an interrupt: still put everything back
+            self.undo(error)
+            raise
+
+    def verify(self) -> bool:
+        address = verify_address(self.site)
+        if address is None:
+            return False
+        report = wait_until_served(address, self.site.domains,
+                                   leaf_der(self.version.read("cert.pem")),
+                                   timeout=self.site.server.verify_timeout, stop=self.stop)
+        self._lap("verify")
+        if not report.stable:
+            if self.stop is not None and self.stop.is_set():
+                raise Cancelled("stopped while proving the new certificate is served; the "
+                                "install was rolled back")
+            raise self.verify_failed(report)
+        self.emit("verified", f"every name serves certificate {self.version.meta.get('serial')}"
+                  f" at {_where(address)} ({report.duration:.2f} s after the reload)",
+                  names=list(self.site.domains), serial=self.version.meta.get("serial"),
+                  address=_where(address), duration=round(report.duration, 3),
+                  attempts=report.rounds)
+        return True
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def undo(self, error: BaseException) -> BaseException:
+        """Put back the generated files and the live link, reload again if a reload was
+        attempted, and return the error to raise (the original, with what rollback did)."""
+        problems: list[str] = []
+        if self.deployment is not None:
+            problems += self.installer.rollback(self.deployment)
+        if self.flipped:
+            self.restore_link(problems)
+        reloaded_again = kept_new = False
+        if self.reload_attempted and (self.deployment is not None and self.deployment.files):
+            try:
+                self.installer.config_test()
+            except ConfigTestFailed:
+                kept_new = self.roll_forward(problems)
+        if self.reload_attempted:
+            try:
+                self.installer.reload()
+                reloaded_again = True
+            except ReloadFailed as reload_error:
+                problems.append(f"reloading again after the rollback failed too: {reload_error}")
+        already_broken = None
+        if isinstance(error, ConfigTestFailed) and self.deployment is not None:
+            try:
+                self.installer.config_test()
+                already_broken = False
+            except ConfigTestFailed:
+                already_broken = True
+
+        if kept_new:
+            problems.append(f"mamoru kept its new files and live/{self.site.name}: without them "
+                            f"{_display(self.installer.kind)}'s config fails its test (it "
+                            "includes mamoru's files)")
+        if self.deployment is not None or self.flipped:
+            live = (f"live/{self.site.name} points at version {self.previous.name} again"
+                    if self.previous is not None else f"live/{self.site.name} removed (first "
+                    "install)")
+            files = ("the generated files are as before" if self.deployment is not None
+                     and self.deployment.files else "")
+            if kept_new:
+                live, files = f"live/{self.site.name} and the new files kept", ""
+            summary = "; ".join(filter(None, [live, files,
+                                              "server reloaded again" if reloaded_again else ""]))
+            self.emit("rollback", f"rolled back after {type(error).__name__}: {summary}"
+                      + (f"; problems: {'; '.join(problems)}" if problems else ""),
+                      error_class=type(error).__name__, restored=self.previous.meta.get("serial")
+                      if self.previous else None, reloaded=reloaded_again,
+                      problems=problems or None, level=3 if problems else None)
+        if not isinstance(error, MamoruError):
+            return error
+        note = f" ({'; '.join(problems)})" if problems else ""
+        if isinstance(error, ConfigTestFailed) and already_broken is not None:
+            return self.config_failed(error, already_broken, note)
+        if note and isinstance(error, InstallError):
+            return _with_message(error, str(error) + note)
+        return error
+
+    def restore_link(self, problems: list[str]) -> None:
+        """Point live/<site> back at the previous version (remove it after a first install)."""
+        try:
+            if self.previous is not None:
+                self.storage.activate(self.previous)
+            else:
+                self.storage.deactivate(self.site.name)
+        except StorageError as storage_error:
+            problems.append(f"could not restore live/{self.site.name}: {storage_error}")
+
+    def roll_forward(self, problems: list[str]) -> bool:
+        """Put the new files and live link back after a rollback whose result fails the
+        config test — the previous state was itself broken, typically a first install in
+        include mode whose include line the user added already: removing mamoru's file would
+        leave a config the server refuses at its next restart. The new state passed the test
+        minutes ago, so it is the one to keep. Returns whether it was restored."""
+        again: Deployment | None = None
+        try:
+            again = self.installer.deploy(self.site, self.storage.live_dir)
+            self.storage.activate(self.version)
+            self.installer.config_test()
+            return True
+        except (InstallError, StorageError) as error:
+            problems.append(f"keeping the new files instead did not pass either: {error}")
+        # Neither state passes: leave the previous one, as the transaction promises.
+        if again is not None:
+            problems += self.installer.rollback(again)
+        self.restore_link(problems)
+        return False
+
+    def config_failed(self, error: ConfigTestFailed, already_broken: bool, note: str
+                      ) -> ConfigTestFailed:
+        name = _display(self.installer.kind)
+        lines = important_lines(error.output) or str(error)
+        if already_broken:
+            message = (f"{name}'s config is broken even without mamoru's change, so nothing was "
+                       f"reloaded and the previous certificate stays in service: {lines}")
+            hint = (f"Fix the error {name} names above (file and line), then run "
+                    "`mamoru provision` again.")
+        else:
+            message = (f"{name} rejected the config mamoru generated, so nothing was reloaded "
+                       f"and the previous certificate stays in service: {lines}")
+            hint = error.hint
+        return ConfigTestFailed(message + note, hint=hint, output=error.output)
+
+    def verify_failed(self, report: VerifyReport) -> VerifyFailed:
+        previous_der = leaf_der(self.previous.read("cert.pem")) if self.previous else None
+        old, other, unreachable = [], [], []
+        for name in report.failed:
+            served = report.served[name] if name in report.mismatched else report.last_wrong[name]
+            if served.der is None:
+                unreachable.append(f"{name} ({served.error})")
+            elif served.der == previous_der:
+                old.append(name)
+            else:
+                other.append(f"{name} (serial {served.serial()})")
+        parts = []
+        if report.ok:  # the latest round was right, but answers kept switching
+            parts.append(f"{', '.join(report.failed)} kept switching between the new and "
+                         "another certificate")
+        if old:
+            parts.append(f"{', '.join(old)} still serve the previous certificate")
+        if other:
+            parts.append(f"{', '.join(other)} serve a certificate mamoru did not install")
+        if unreachable:
+            parts.append(f"no certificate for {', '.join(unreachable)}")
+        where = _where(report.address)
+        message = (f"after the reload, {'; '.join(parts)} at {where} "
+                   f"(checked for {report.duration:.1f} s); the install was rolled back")
+        why, hint = self.explain_mismatch()
+        if why:
+            message += f". {why}"
+        self.emit("verify-failed", message, names=report.failed, address=where,
+                  duration=round(report.duration, 3),
+                  include=[i.line for i in self.deployment.includes] if self.deployment and
+                  self.deployment.includes else None)
+        return VerifyFailed(message, names=report.failed, hint=hint)
+
+    def explain_mismatch(self) -> tuple[str, str]:
+        """Why names usually keep an old certificate, made specific where mamoru can tell."""
+        server, kind = self.site.server, self.installer.kind
+        deployment = self.deployment
+        block = "VirtualHost" if kind == "apache" else "server block"
+        if server.type == "command":
+            return ("", "Check that the server reads live/<site>/fullchain.pem and privkey.pem "
+                    "and that server.reload really makes it load them again.")
+        if server.mode == "include" and deployment is not None and deployment.includes:
+            tls = next(i for i in deployment.includes if i.purpose == "tls")
+            missing = self.missing_includes(deployment)
+            if missing is None:
+                why = (f"The {block} answering for these names must include mamoru's TLS "
+                       f"file: add {tls}")
+            elif tls in missing:
+                why = f"{_display(kind)}'s config does not include {tls.path}: add {tls}"
+            else:
+                why = (f"The {block} that includes {tls.path} is not the one answering for "
+                       f"these names (another {block} with the same names, loaded first?)")
+            others = [i for i in missing or [] if i != tls]
+            if others:
+                why += f"; also add {'; '.join(map(str, others))}"
+            return why + ", then run `mamoru provision` again", (
+                f"Add the include line(s) to the {block} for these names, check there is no "
+                f"other {block} with the same names, then run `mamoru provision` again.")
+        conflicts = [line for line in self.test_output.splitlines()
+                     if "conflicting server name" in line]
+        why = (f"Another {block} answers for these names before mamoru's "
+               f"({deployment.files[0] if deployment and deployment.files else 'file'})")
+        if conflicts:
+            why += f": {important_lines(chr(10).join(conflicts), 3)}"
+        return why, (f"Remove or rename the other {block} for these names (or move its names "
+                     "to mamoru's file), then run `mamoru provision` again.")
+
+    def missing_includes(self, deployment: Deployment) -> list[IncludeLine] | None:
+        """The include lines whose file the server's config does not read (None: unknown)."""
+        if not isinstance(self.installer, ListsIncludes):
+            return None
+        included = self.installer.included_files()
+        if included is None:
+            return None
+        return [i for i in deployment.includes if os.path.realpath(i.path) not in included]
+
+    def key_permissions(self) -> None:
+        """Warn when the live key is readable beyond its owner (and the key group)."""
+        key = os.path.join(self.storage.live_path(self.site.name), "privkey.pem")
+        try:
+            mode = stat.S_IMODE(os.stat(key).st_mode)
+        except OSError:
+            return
+        allowed = 0o640 if self.storage.gid is not None else 0o600
+        if mode & ~allowed:
+            self.emit("warning", f"{key} has mode {mode:o}: others may read the private key "
+                      f"(expected {allowed:o}); run `chmod {allowed:o}` on it", level=4)
+
+
+def check_pair(version: CertVersion) -> None:
+    """Refuse a version whose key does not match its certificate: Apache's config test does
+    not load certificates, and a graceful restart with a mismatched pair stops the server."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    try:
+        cert = x509.load_pem_x509_certificate(version.read("cert.pem"))
+        key = load_pem_private_key(version.read("privkey.pem"), password=None)
+        matches = key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+    except (OSError, ValueError, TypeError) as error:
+        raise InstallRefused(f"version {version.name} of {version.site} is unreadable or "
+                             f"damaged ({type(error).__name__}); nothing was changed",
+                             hint="Run `mamoru provision --force` for a new certificate.") from None
+    if not matches:
+        raise InstallRefused(f"version {version.name} of {version.site}: the private key does "
+                             "not belong to the certificate; nothing was changed",
+                             hint="Run `mamoru provision --force` for a new certificate.")
+
+
+def _display(kind: str) -> str:
+    return {"nginx": "nginx", "apache": "Apache"}.get(kind, "the server")
+
+
+def _warnings(output: str) -> list[str]:
+    return [line.strip() for line in output.splitlines() if "[warn]" in line][:10]
+
+
+def _where(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _with_message(error: InstallError, message: str) -> InstallError:
+    if isinstance(error, VerifyFailed):
+        return VerifyFailed(message, names=error.names, hint=error.hint, output=error.output)
+    return type(error)(message, hint=error.hint, output=error.output[-OUTPUT_TAIL:])
