@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mamoru.storage import FileStorage
+from mamoru.storage.sitestate import SiteState
 
 MAMORU = [sys.executable, "-m", "mamoru.cli"]
 
@@ -101,7 +102,7 @@ def build(root: Path, count: int) -> Path:
                                        "message": "validating the name: connection refused",
                                        "problem_type": "urn:ietf:params:acme:error:connection",
                                        "detail": "connection refused"})
-        storage.save_state(site, state)
+        storage.save_state(site, SiteState.from_json(state))
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({
         "acme": {"directory": "https://ca.example/directory"},

@@ -7,16 +7,18 @@ or a stop request.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
-from mamoru.app import App
 from mamoru.challenges.base import ChallengeSolver, solver_for
 from mamoru.config.model import Site
 from mamoru.errors import OrderFailed
 from mamoru.observe.events import Events
+from mamoru.protocol.ari import cert_id_or_none
 from mamoru.protocol.keys import PrivateKey, generate_key, key_pem, make_csr_der
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage import CertVersion
@@ -29,6 +31,13 @@ class Issued:
     order_url: str
     replaced: str | None
     profile: str | None
+    profile_wanted: str | None = None  # what the config asked for (a CA may offer none)
+
+    def meta(self, key_kind: str) -> dict[str, Any]:
+        """What is stored beside the certificate for renewal and status."""
+        return {"key": key_kind, "profile": self.profile, "order": self.order_url,
+                "profile_wanted": self.profile_wanted, "replaced": self.replaced,
+                "ari_cert_id": cert_id_or_none(self.chain_pem)}
 
 
 def obtain(
@@ -70,15 +79,16 @@ def obtain(
                   replaced=order.replaced, profile=profile)
 
 
-def obtain_for_site(site: Site, app: App, current: CertVersion | None) -> Issued:
-    """Everything `obtain` needs, picked for `site`: the shared account session, the profile
-    the CA offers, `replaces` when the CA speaks ARI, the solver, and a fresh key."""
-    session = app.account_session()
-    profile = site.profile or app.settings.acme.profile
+def obtain_for_site(site: Site, session: AcmeSession, events: Events,
+                    current: CertVersion | None, *, default_profile: str | None,
+                    timeout: float) -> Issued:
+    """Everything `obtain` needs, picked for `site`: the profile the CA offers, `replaces`
+    when the CA speaks ARI, the solver, and a fresh key. `session` has the account loaded."""
+    profile = site.profile or default_profile
     offered = session.profiles
     if profile and not offered:
-        app.events.emit("warning", site.name, f"the CA offers no profiles; ordering without "
-                        f"profile {profile!r}", profile=profile)
+        events.emit("warning", site.name, f"the CA offers no profiles; ordering without "
+                    f"profile {profile!r}", profile=profile)
         profile = None
     elif profile and profile not in offered:
         raise OrderFailed(f"the CA does not offer profile {profile!r} (it offers: "
@@ -86,17 +96,19 @@ def obtain_for_site(site: Site, app: App, current: CertVersion | None) -> Issued
                           hint="Change acme.profile (or the site's profile) to one it offers.")
     replaces = None
     if current is not None and session.supports_ari:
-        replaces = current.meta.get("ari_cert_id")
-        if not replaces:  # metadata rebuilt from the certificate: derive the id from it
-            from mamoru.protocol.session import ari_cert_id
-
-            try:
-                replaces = ari_cert_id(current.read("cert.pem"))
-            except (OSError, ValueError):
-                replaces = None
+        # Metadata rebuilt from the certificate has no id: derive it from the certificate.
+        replaces = current.meta.get("ari_cert_id") or _cert_id_of(current)
     key = _make_key(site.key)
-    return obtain(site, session, solver_for(site.challenge), key, app.events, profile=profile,
-                  replaces=replaces, timeout=app.settings.acme.order_timeout)
+    issued = obtain(site, session, solver_for(site.challenge), key, events, profile=profile,
+                    replaces=replaces, timeout=timeout)
+    return dataclasses.replace(issued, profile_wanted=site.profile or default_profile)
+
+
+def _cert_id_of(version: CertVersion) -> str | None:
+    try:
+        return cert_id_or_none(version.read("cert.pem"))
+    except OSError:
+        return None
 
 
 def _make_key(kind: str) -> PrivateKey | Future[PrivateKey]:

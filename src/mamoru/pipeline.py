@@ -1,11 +1,16 @@
 """The one story: config -> due? -> account -> order -> challenges -> certificate -> install
 -> verify -> schedule. Run once per site by `mamoru provision`/`renew`, again and again by the
 daemon. Each step's detail lives in the module named after it; this file reads top to bottom.
+
+The site's state (storage/sitestate.py) is loaded once, under the site's lock, and saved after
+each step that changes it; every state write happens with the lock held. Nothing below this
+module takes the App: the steps get plain values (the site, a session, the clock's "now").
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,11 +18,13 @@ from typing import Any
 
 from mamoru.app import App
 from mamoru.config.model import Site
-from mamoru.errors import Cancelled, MamoruError
+from mamoru.errors import Cancelled, LockBusy, MamoruError
 from mamoru.issuance import obtain_for_site
-from mamoru.renewal import schedule
-from mamoru.renewal.policy import Decision
+from mamoru.renewal import due
+from mamoru.renewal.backoff import next_attempt
+from mamoru.renewal.policy import Decision, Window
 from mamoru.storage import CertVersion
+from mamoru.storage.sitestate import AriWindow, SiteState
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 600.0  # a second run on the same site waits for the first, then re-checks
@@ -57,126 +64,311 @@ class Outcome:
         return out
 
 
+@dataclass
+class Run:
+    """One walk of one site through the story: its state as last saved, and the clock."""
+
+    site: Site
+    app: App
+    state: SiteState = field(default_factory=SiteState)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def attempt(self) -> int:
+        """This run's number among consecutive attempts (1 = the first try)."""
+        return self.state.attempts + 1
+
+    def save(self, state: SiteState) -> None:
+        self.state = state
+        self.app.storage.save_state(self.site.name, state)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def outcome(self, status: str, **kw: Any) -> Outcome:
+        return Outcome(self.site.name, status, duration=self.elapsed(), **kw)
+
+
 def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = False,
               honour_backoff: bool = False) -> Outcome:
     """Bring `site` to a valid, served certificate if it is due (or `force`). Never raises for
-    a site's own failure: the Outcome carries the error, and the schedule records the retry.
+    a site's own failure: the Outcome carries the error, and the state records the retry.
     `honour_backoff`: skip a site whose next attempt after failures is still to come (a `renew`
     pass; the daemon schedules by that time itself, and `provision` is an explicit request)."""
-    started = time.monotonic()
-    events, storage = app.events, app.storage
-    attempt: int | None = None  # this run's number among consecutive attempts (1 = first try)
+    run = Run(site, app)
     try:
-        with storage.lock(site.name, timeout=LOCK_WAIT):
-            current = storage.live(site.name)
-            storage.check_live_path(site.name)  # a live path we cannot flip: fail before ordering
-            attempt = int(storage.load_state(site.name).get("attempts") or 0) + 1
-            retry_at = schedule.backoff_until(site, app) if honour_backoff and not force else None
-            if retry_at is not None:
-                events.emit("skipped", site.name, f"backing off after {attempt - 1} failed "
-                            f"attempt{'s' if attempt > 2 else ''}; next attempt "
-                            f"{retry_at:%Y-%m-%d %H:%M:%S} UTC", next_due=retry_at,
-                            why="backoff", outcome="skipped")
-                return Outcome(site.name, "skipped", None, current, next_due=retry_at,
-                               duration=time.monotonic() - started)
-            decision = schedule.check_due(site, current, app)
-            events.emit("due-check", site.name, f"{'due' if decision.due else 'not due'}: "
-                        f"{decision.why}", due=decision.due, why=decision.why, rule=decision.rule,
-                        at=decision.at, names=list(site.domains), attempt=attempt)
-            if not decision.due and not force:
-                next_due = schedule.record_skip(site, app, decision)
-                events.emit("skipped", site.name, f"certificate still good; next renewal "
-                            f"{next_due:%Y-%m-%d %H:%M} UTC ({decision.why})", next_due=next_due,
-                            why=decision.why, outcome="skipped",
-                            serial=current.meta.get("serial") if current else None)
-                return Outcome(site.name, "skipped", decision, current, next_due=next_due,
-                               duration=time.monotonic() - started)
-            if (decision.rule in schedule.REINSTALL_RULES and current is not None and not force
-                    and not dry_run):
-                return reinstall(site, app, current, decision, started)
-
-            ordered = time.monotonic()
-            schedule.record_start(site, app)  # a killed run counts as a failed attempt
-            issued = obtain_for_site(site, app, current)
-            if dry_run:
-                schedule.record_cancelled(site, app)
-                events.emit("dry-run", site.name, "dry run: certificate obtained and discarded; "
-                            "nothing changed in live/", order=issued.order_url)
-                return Outcome(site.name, "dry-run", decision,
-                               duration=time.monotonic() - started)
-
-            version = storage.store(site.name, issued.key_pem, issued.chain_pem, {
-                "key": site.key, "profile": issued.profile, "order": issued.order_url,
-                "profile_wanted": schedule.wanted(site, app).profile,
-                "replaced": issued.replaced, "ari_cert_id": schedule.cert_id(issued.chain_pem)})
-            events.emit("issued", site.name, f"certificate {version.meta['serial']} issued, valid "
-                        f"until {version.not_after:%Y-%m-%d %H:%M} UTC", serial=version.meta[
-                            "serial"], not_after=version.not_after, names=version.names,
-                        order=issued.order_url, version=version.number,
-                        duration=round(time.monotonic() - ordered, 3))
-
-            from mamoru.install.transaction import install
-
-            stored_at = time.monotonic()
-            result = install(site, version, storage, events, stop=app.stop)
-            timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
-            storage.prune(site.name)
-            next_due = schedule.record_success(site, app, version, verified=result.verified)
-            why = storage.load_state(site.name).get("why")
-            if site.server.type != "none" and app.settings.check.after_install:
-                browser_check(site, app, version)
-            status = "renewed" if current else "issued"
-            events.emit("renewed" if current else "provisioned", site.name,
-                        f"done in {time.monotonic() - started:.2f} s; next renewal "
-                        f"{next_due:%Y-%m-%d %H:%M} UTC ({why})", serial=version.meta["serial"],
-                        names=version.names, not_after=version.not_after, next_due=next_due,
-                        why=why, attempt=attempt, outcome=status,
-                        duration=round(time.monotonic() - started, 3), verified=result.verified)
-            return Outcome(site.name, status, decision, version, next_due=next_due,
-                           duration=time.monotonic() - started, timings=timings)
-    except Exception as unexpected:  # one site's bug must not stop the others
-        if isinstance(unexpected, MamoruError):
-            error = unexpected
-        else:
-            log.exception("unexpected error for site %s", site.name)
-            error = MamoruError(f"unexpected error: {type(unexpected).__name__}: {unexpected}",
-                                hint="This is a bug in mamoru; the log has the details.")
-        if isinstance(error, Cancelled):
-            schedule.record_cancelled(site, app)
-        next_try = None if isinstance(error, Cancelled) else schedule.record_failure(site, app,
-                                                                                     error)
-        duration = round(time.monotonic() - started, 3)
-        events.emit("failed", site.name, f"{error}" + (f" — {error.hint}" if error.hint else ""),
-                    error_class=error.kind, retryable=error.retryable, next_attempt=next_try,
-                    attempt=attempt, outcome="failed", duration=duration,
-                    **{"names": list(site.domains), **error.fields()})  # VerifyFailed: its names
-        if next_try is not None:
-            why = (f"backoff after {attempt or 1} consecutive failed attempt"
-                   f"{'s' if (attempt or 1) > 1 else ''}"
-                   f"{'' if error.retryable else ' (needs a fix; retried slowly)'}")
-            events.emit("backoff", site.name, f"next attempt {next_try:%Y-%m-%d %H:%M:%S} UTC "
-                        f"({why})", next_due=next_try, why=why, attempt=attempt,
-                        error_class=error.kind)
-        return Outcome(site.name, "failed", error=error, next_due=next_try,
-                       duration=time.monotonic() - started)
+        lock = app.storage.lock(site.name, timeout=LOCK_WAIT)
+    except Exception as error:  # busy or unwritable: another run owns the state, or nobody can
+        return failed(run, error, record=False)
+    with lock:
+        run.state = app.storage.load_state(site.name)
+        try:
+            return story(run, force=force, dry_run=dry_run, honour_backoff=honour_backoff)
+        except Exception as error:  # one site's bug must not stop the others
+            return failed(run, error, record=True)
 
 
-def reinstall(site: Site, app: App, current: CertVersion, decision: Decision, started: float
-              ) -> Outcome:
+def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outcome:
+    site, app, events, storage = run.site, run.app, run.app.events, run.app.storage
+    current = storage.live(site.name)
+    storage.check_live_path(site.name)  # a live path we cannot flip: fail before ordering
+    retry_at = run.state.backoff_until(app.clock()) if honour_backoff and not force else None
+    if retry_at is not None:
+        events.emit("skipped", site.name, f"backing off after {run.attempt - 1} failed "
+                    f"attempt{'s' if run.attempt > 2 else ''}; next attempt "
+                    f"{retry_at:%Y-%m-%d %H:%M:%S} UTC", next_due=retry_at, why="backoff",
+                    outcome="skipped")
+        return run.outcome("skipped", version=current, next_due=retry_at)
+
+    decision = due_check(run, current)
+    events.emit("due-check", site.name, f"{'due' if decision.due else 'not due'}: "
+                f"{decision.why}", due=decision.due, why=decision.why, rule=decision.rule,
+                at=decision.at, names=list(site.domains), attempt=run.attempt)
+    if not decision.due and not force:
+        not_due(run, decision)
+        events.emit("skipped", site.name, f"certificate still good; next renewal "
+                    f"{decision.at:%Y-%m-%d %H:%M} UTC ({decision.why})", next_due=decision.at,
+                    why=decision.why, outcome="skipped",
+                    serial=current.meta.get("serial") if current else None)
+        return run.outcome("skipped", decision=decision, version=current,
+                           next_due=decision.at)
+    if decision.rule in due.REINSTALL_RULES and current is not None and not force and not dry_run:
+        return reinstall(run, current, decision)
+
+    ordered = time.monotonic()
+    run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
+    issued = obtain_for_site(site, app.account_session(), events, current,
+                             default_profile=app.settings.acme.profile,
+                             timeout=app.settings.acme.order_timeout)
+    if dry_run:
+        run.save(run.state.cancelled())
+        events.emit("dry-run", site.name, "dry run: certificate obtained and discarded; "
+                    "nothing changed in live/", order=issued.order_url)
+        return run.outcome("dry-run", decision=decision)
+
+    version = storage.store(site.name, issued.key_pem, issued.chain_pem, issued.meta(site.key))
+    events.emit("issued", site.name, f"certificate {version.meta['serial']} issued, valid "
+                f"until {version.not_after:%Y-%m-%d %H:%M} UTC", serial=version.meta["serial"],
+                not_after=version.not_after, names=version.names, order=issued.order_url,
+                version=version.number, duration=round(time.monotonic() - ordered, 3))
+    from mamoru.install.transaction import install
+
+    stored_at = time.monotonic()
+    result = install(site, version, storage, events, stop=app.stop)
+    timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
+    storage.prune(site.name)
+    planned = succeeded(run, version, result.verified)
+    if site.server.type != "none" and app.settings.check.after_install:
+        browser_check(site, app, version)
+    status = "renewed" if current else "issued"
+    events.emit("renewed" if current else "provisioned", site.name,
+                f"done in {run.elapsed():.2f} s; next renewal {planned.at:%Y-%m-%d %H:%M} UTC "
+                f"({planned.why})", serial=version.meta["serial"], names=version.names,
+                not_after=version.not_after, next_due=planned.at, why=planned.why,
+                attempt=run.attempt, outcome=status, duration=round(run.elapsed(), 3),
+                verified=result.verified)
+    return run.outcome(status, decision=decision, version=version, next_due=planned.at,
+                       timings=timings)
+
+
+def reinstall(run: Run, current: CertVersion, decision: Decision) -> Outcome:
     """Put the stored, still-good certificate back in service (the server serves another one,
     or the site's server settings changed): the install transaction, without an order.
     Raises what `install` raises; `provision` records it as a failed attempt."""
     from mamoru.install.transaction import install
 
+    site, app = run.site, run.app
     result = install(site, current, app.storage, app.events, stop=app.stop)
-    next_due = schedule.record_success(site, app, current, verified=result.verified)
+    planned = succeeded(run, current, result.verified)
     app.events.emit("reinstalled", site.name, f"certificate {current.meta.get('serial')} put back "
-                    f"in service ({decision.why}); next renewal {next_due:%Y-%m-%d %H:%M} UTC",
-                    serial=current.meta.get("serial"), why=decision.why, next_due=next_due,
+                    f"in service ({decision.why}); next renewal {planned.at:%Y-%m-%d %H:%M} UTC",
+                    serial=current.meta.get("serial"), why=decision.why, next_due=planned.at,
                     outcome="reinstalled", verified=result.verified,
-                    duration=round(time.monotonic() - started, 3))
-    return Outcome(site.name, "reinstalled", decision, current, next_due=next_due,
-                   duration=time.monotonic() - started, timings=dict(result.timings))
+                    duration=round(run.elapsed(), 3))
+    return run.outcome("reinstalled", decision=decision, version=current,
+                       next_due=planned.at, timings=dict(result.timings))
+
+
+# -- the steps' glue: App-held parts in, plain values down -----------------------------------
+
+
+def fingerprint(run: Run) -> str:
+    return due.fingerprint(run.site, run.app.settings.acme.profile)
+
+
+def due_check(run: Run, current: CertVersion | None, *, served_now: bool | None = None
+              ) -> Decision:
+    """The renewal decision for the run's site now. Asks the CA for its ARI window when the
+    cached one is stale, and, only when nothing else makes the site due, asks the web server
+    whether it serves the stored certificate (`served_now` answers that instead, for tests)."""
+    site, app = run.site, run.app
+    window, pick = (ari_window(run, current) if current is not None else (None, None))
+    installed = run.state.installed
+    install_changed = bool(
+        current is not None and installed is not None and installed.config
+        and installed.serial == current.meta.get("serial")
+        and installed.config != due.install_fingerprint(site, app.settings.paths.live))
+
+    def served() -> bool:
+        if served_now is not None:
+            return served_now
+        assert current is not None
+        return is_served(site, current)
+
+    return due.check_due(
+        want=due.wanted(site, app.settings.acme.profile),
+        cert=due.facts(current) if current else None, now=app.clock(), window=window,
+        pick=pick, settings=app.settings.renewal, rng=app.rng, install_changed=install_changed,
+        served=None if site.server.type == "none" else served)
+
+
+def ari_window(run: Run, version: CertVersion) -> tuple[Window | None, float | None]:
+    """The ARI window for the live certificate, from the state while fresh, else from the CA
+    (then cached in the state). ARI is advisory: any failure means (None, None) and the
+    lifetime rule applies."""
+    site, app = run.site, run.app
+    now = app.clock()
+    serial = version.meta.get("serial")
+    cached = run.state.ari_for(serial, now)
+    if cached is not None:
+        return Window(cached.start, cached.end), cached.pick
+    from mamoru.protocol.ari import renewal_info
+
+    try:
+        session = app.session()
+        if not session.supports_ari:
+            return None, None
+        info = renewal_info(session, version.read("cert.pem"), now)
+    except (MamoruError, OSError, ValueError) as error:
+        kind = error.kind if isinstance(error, MamoruError) else type(error).__name__
+        app.events.emit("warning", site.name, f"could not fetch the CA's renewal window ({error});"
+                        " using the lifetime rule", error_class=kind)
+        return None, None
+    if info is None:
+        return None, None
+    old = run.state.ari
+    pick = old.pick if old is not None and old.serial == serial else app.rng.random()
+    run.save(run.state.with_ari(AriWindow(serial, info.start, info.end, info.retry_after,
+                                          info.explanation_url, pick)))
+    app.events.emit("ari", site.name, f"CA renewal window {info.start:%Y-%m-%d %H:%M} to "
+                    f"{info.end:%Y-%m-%d %H:%M} UTC", ari_start=info.start, ari_end=info.end,
+                    explanation_url=info.explanation_url, retry_after=info.retry_after)
+    return Window(info.start, info.end), pick
+
+
+def is_served(site: Site, version: CertVersion) -> bool:
+    """Is the web server serving `version` on every name? One handshake per name (no waiting);
+    True when the site has no server mamoru could ask, or when the answer cannot be had."""
+    from mamoru.install.verify import served_matches
+
+    try:
+        return served_matches(site, version) is not False
+    except (OSError, ValueError):
+        return True  # cert.pem unreadable: the renewal decision must not hinge on this
+
+
+def not_due(run: Run, decision: Decision) -> datetime:
+    """Record a check that found the site not due; returns when to look again."""
+    app = run.app
+    check = due.next_check(decision, app.clock(), app.settings.renewal, run.state.ari_retry_after)
+    run.save(run.state.skipped(due_at=decision.at, next_check=check, why=decision.why,
+                               site_config=fingerprint(run)))
+    return check
+
+
+def succeeded(run: Run, version: CertVersion, verified: bool | None) -> Decision:
+    """Record a certificate put in service; returns when it is due."""
+    site, app = run.site, run.app
+    now = app.clock()
+    decision = due.after_success(want=due.wanted(site, app.settings.acme.profile),
+                                 cert=due.facts(version), now=now,
+                                 settings=app.settings.renewal, rng=app.rng)
+    run.save(run.state.succeeded(
+        now=now, serial=version.meta["serial"], verified=verified,
+        install_config=due.install_fingerprint(site, app.settings.paths.live),
+        due_at=decision.at, next_check=due.next_check(decision, now, app.settings.renewal),
+        why=decision.why, site_config=fingerprint(run)))
+    return decision
+
+
+def failed(run: Run, unexpected: BaseException, *, record: bool) -> Outcome:
+    """The run ended in `unexpected`. `record`: the site's lock is held, so the failure (or a
+    cancellation) goes into its state and the next attempt is planned; without the lock
+    (another run holds it, or it could not be taken) nothing is written."""
+    site, app, events = run.site, run.app, run.app.events
+    if isinstance(unexpected, MamoruError):
+        error = unexpected
+    else:
+        log.error("unexpected error for site %s", site.name, exc_info=unexpected)
+        error = MamoruError(f"unexpected error: {type(unexpected).__name__}: {unexpected}",
+                            hint="This is a bug in mamoru; the log has the details.")
+    attempt = run.attempt if record else None
+    next_try = None
+    if record and isinstance(error, Cancelled):
+        _try_save(run, run.state.cancelled())
+    elif record:
+        now = app.clock()
+        when = next_attempt(retryable=error.retryable, attempt=run.attempt, now=now,
+                            settings=app.settings.renewal,
+                            retry_after=getattr(error, "retry_after", None), rng=app.rng)
+        if _try_save(run, run.state.failed(
+                now=now, next_attempt=when, error_class=error.kind, message=str(error),
+                retryable=error.retryable, problem=error.fields(),
+                site_config=fingerprint(run))):
+            next_try = when
+    events.emit("failed", site.name, f"{error}" + (f" — {error.hint}" if error.hint else ""),
+                error_class=error.kind, retryable=error.retryable, next_attempt=next_try,
+                attempt=attempt, outcome="failed", duration=round(run.elapsed(), 3),
+                **{"names": list(site.domains), **error.fields()})  # VerifyFailed: its names
+    if next_try is not None:
+        count = attempt or 1
+        why = (f"backoff after {count} consecutive failed attempt{'s' if count > 1 else ''}"
+               f"{'' if error.retryable else ' (needs a fix; retried slowly)'}")
+        events.emit("backoff", site.name, f"next attempt {next_try:%Y-%m-%d %H:%M:%S} UTC "
+                    f"({why})", next_due=next_try, why=why, attempt=attempt,
+                    error_class=error.kind)
+    return run.outcome("failed", error=error, next_due=next_try)
+
+
+def _try_save(run: Run, state: SiteState) -> bool:
+    """Save `state`; False when the disk refuses (the failure event still goes out)."""
+    try:
+        run.save(state)
+    except MamoruError:
+        return False
+    return True
+
+
+class Interrupted(MamoruError):
+    """An attempt began ordering and never recorded its end: the process was killed, the
+    machine lost power, or mamoru crashed. Counted as a transient failure."""
+
+    retryable = True
+    hint = ("If this repeats, look for crashes in the journal (`journalctl -u mamoru`); "
+            "mamoru backs off meanwhile.")
+
+
+def recover_interrupted(site: Site, app: App) -> tuple[datetime, str] | None:
+    """If the site's last attempt was interrupted, record it as a failed attempt (backoff) and
+    return (next attempt, since when it was in flight); else None. Does nothing when another
+    process holds the site's lock (its attempt is not interrupted, it is running)."""
+    try:
+        with app.storage.lock(site.name, timeout=0):
+            run = Run(site, app, app.storage.load_state(site.name))
+            marker = run.state.in_flight
+            if marker is None:
+                return None
+            since = marker.since.isoformat() if marker.since.year > 1 else "?"
+            error = Interrupted(f"the attempt started at {since} never finished (the process "
+                                "was stopped mid-way)")
+            now = app.clock()
+            when = next_attempt(retryable=True, attempt=run.attempt, now=now,
+                                settings=app.settings.renewal, rng=app.rng)
+            run.save(run.state.interrupted(now=now, next_attempt=when, message=str(error),
+                                           site_config=fingerprint(run)))
+            return when, since
+    except (LockBusy, MamoruError):
+        return None
 
 
 def browser_check(site: Site, app: App, version: CertVersion) -> None:

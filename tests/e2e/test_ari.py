@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mamoru.protocol.session import ari_cert_id
+from mamoru.protocol.ari import ari_cert_id
 from tests.helpers import run_mamoru, write_config
 from tests.servers.acme2certifier import Acme2Certifier
 

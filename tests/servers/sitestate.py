@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from mamoru.storage import CertVersion, FileStorage
+from mamoru.storage.sitestate import SiteState
 
 from .tls import CertAndKey, make_ca, make_leaf
 
@@ -49,14 +50,14 @@ def succeeded(storage: FileStorage, site: str, version: CertVersion, *, at: dt.d
     }
     if ari is not None:
         state["ari"] = ari
-    storage.save_state(site, state)
+    storage.save_state(site, SiteState.from_json(state))
 
 
 def failed_attempt(storage: FileStorage, site: str, *, at: dt.datetime, attempts: int,
                    retry_at: dt.datetime, error_class: str = "ChallengeFailed",
                    problem_type: str = "urn:ietf:params:acme:error:connection",
                    detail: str = "127.0.0.1: Connection refused") -> None:
-    state = storage.load_state(site)
+    state = storage.load_state(site).to_json()
     state.update(attempts=attempts, next_attempt=retry_at.isoformat(),
                  next_check=retry_at.isoformat(),
                  last_attempt={"time": at.isoformat(), "outcome": "failed",
@@ -64,4 +65,4 @@ def failed_attempt(storage: FileStorage, site: str, *, at: dt.datetime, attempts
                                "message": f"validating the name: {detail}",
                                "retryable": True, "problem_type": problem_type,
                                "detail": detail})
-    storage.save_state(site, state)
+    storage.save_state(site, SiteState.from_json(state))

@@ -24,6 +24,7 @@ from mamoru.config.model import Settings
 from mamoru.observe.alerts import AlertSink, expiry_threshold, sign, verify_signature
 from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import FileStorage
+from mamoru.storage.sitestate import SiteState
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DAY, HOUR = dt.timedelta(days=1), dt.timedelta(hours=1)
@@ -258,7 +259,7 @@ def test_an_interrupted_attempt_counts_as_a_failure(tmp_path: Path, smtp: SmtpRe
     settings = load_config(str(alert_config(tmp_path, smtp, hook.url)))
     rig = Rig(settings)
     install_site(rig.storage, "clinic", ["clinic.example"], NOW - DAY, NOW + 89 * DAY)
-    rig.storage.save_state("clinic", {"attempts": 1})  # recorded by the daemon at start
+    rig.storage.save_state("clinic", SiteState(attempts=1))  # recorded by the daemon at start
     rig.emit("backoff", error_class="Interrupted", why="backoff after an interrupted attempt")
     rig.sink.close(5)
     assert [p.json["alert"] for p in hook.requests] == ["failing"]

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from mamoru.config.model import Challenge, Server, Site
+from mamoru.install import apache, nginx
 from mamoru.install.apache import UserListen, listens_needed, parse_listens
 from mamoru.install.base import (
     HEADER_MARK,
@@ -17,7 +18,6 @@ from mamoru.install.base import (
     important_lines,
     listen_address,
 )
-from mamoru.install import apache, nginx
 
 LIVE = "/etc/mamoru/live"
 

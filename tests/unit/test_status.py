@@ -13,6 +13,7 @@ from tests.servers.sitestate import failed_attempt, install_site, succeeded
 from mamoru.config.model import Server, Site
 from mamoru.observe.status import SiteStatus, exit_code, render_table, site_status
 from mamoru.storage import FileStorage
+from mamoru.storage.sitestate import SiteState
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DAY = dt.timedelta(days=1)
@@ -159,11 +160,11 @@ def test_an_interrupted_attempt_is_danger_too(tmp_path: Path) -> None:
     storage = FileStorage(str(tmp_path / "state"), str(tmp_path / "live"))
     version = install_site(storage, "s", ["s.example"], NOW - DAY, NOW + 89 * DAY)
     succeeded(storage, "s", version, at=NOW - DAY, next_due=NOW + 59 * DAY)
-    state = storage.load_state("s")
+    state = storage.load_state("s").to_json()
     state.update(attempts=1, next_attempt=(NOW + DAY).isoformat(),
                  last_attempt={"time": NOW.isoformat(), "outcome": "interrupted",
                                "error_class": "Interrupted", "message": "never finished"})
-    storage.save_state("s", state)
+    storage.save_state("s", SiteState.from_json(state))
     row = site_status(Site("s", ("s.example",)), storage, NOW)
     assert row.danger == ["last attempt interrupted: Interrupted"]
     assert "interrupted: Interrupted" in render_table([row])

@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from mamoru.errors import LockBusy, StorageError
 from mamoru.storage import FileStorage
 from mamoru.storage.atomic import write_file
+from mamoru.storage.sitestate import SiteState
 
 
 def make_chain(names: list[str], days: int = 90) -> tuple[bytes, bytes]:
@@ -146,8 +147,8 @@ def test_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_state_roundtrip_and_unreadable_state(storage: FileStorage) -> None:
-    assert storage.load_state("clinic") == {}
-    storage.save_state("clinic", {"attempts": 2})
-    assert storage.load_state("clinic") == {"attempts": 2}
+    assert storage.load_state("clinic") == SiteState()
+    storage.save_state("clinic", SiteState(attempts=2))
+    assert storage.load_state("clinic") == SiteState(attempts=2)
     Path(storage.site_dir("clinic"), "state.json").write_text("[broken")
-    assert storage.load_state("clinic") == {}
+    assert storage.load_state("clinic") == SiteState()

@@ -339,7 +339,7 @@ class AlertSink:
         elif (event.kind == "failed" and error_class not in NOT_FAILURES) or (
                 event.kind == "backoff" and error_class == "Interrupted"):
             # (an attempt the process never finished, found at the next start, counts too)
-            attempt = event.get("attempt") or self.storage.load_state(site).get("attempts") or 1
+            attempt = event.get("attempt") or self.storage.load_state(site).attempts or 1
             if int(attempt) >= self.settings.after_failures:
                 problems["failing"] = Alert(
                     "failing", site, f"{site}: certificate renewal failing ({error_class}, "

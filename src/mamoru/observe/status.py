@@ -101,7 +101,7 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
     if version is None:
         version = storage.live(site.name)
     if state is None:
-        state = storage.load_state(site.name)
+        state = storage.load_state(site.name).to_json()
     meta = version.meta if version else {}
     not_before = _when(meta.get("not_before"))
     not_after = _when(meta.get("not_after"))

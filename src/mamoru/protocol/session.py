@@ -12,23 +12,21 @@ for certbot's `acme` library:
 - polling that starts at 20 ms and backs off to 1 s, honouring `Retry-After`, and stops at once
   when the caller's stop event is set (no multi-second fixed sleeps).
 
-Callers see plain values (`Order`, `ChallengeTask`, `RenewalInfo`), never protocol types.
+Callers see plain values (`Order`, `ChallengeTask`; `ari.RenewalInfo`), never protocol types.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import logging
-import math
 import re
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,31 +83,6 @@ class Order:
             finalize=str(body.get("finalize", "")),
             certificate=body.get("certificate"),
         )
-
-
-@dataclass(frozen=True)
-class RenewalInfo:
-    """The CA's suggested renewal window for one certificate (RFC 9773 §4.2)."""
-
-    start: datetime
-    end: datetime
-    explanation_url: str | None
-    retry_after: datetime  # when to ask again
-
-
-def ari_cert_id(cert_pem: bytes) -> str:
-    """The ARI certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial DER)."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    if aki.key_identifier is None:
-        raise ValueError("certificate has no authority key identifier")
-    serial = cert.serial_number
-    serial_der = serial.to_bytes(math.ceil((serial.bit_length() + 1) / 8), "big", signed=True)
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-    return f"{b64(aki.key_identifier)}.{b64(serial_der)}"
 
 
 class AcmeSession:
@@ -354,6 +327,14 @@ class AcmeSession:
         response = self.post(url, payload, context="creating the order")
         return Order.from_json(response.headers.get("Location", ""), response.json())
 
+    def fetch(self, url: str, context: str = "") -> Response:
+        """Unauthenticated GET of a CA resource (the renewalInfo endpoint); a problem
+        document becomes the matching error."""
+        response = self._request("GET", url)
+        if not response.ok:
+            raise self._problem(response, context)
+        return response
+
     def get(self, url: str, context: str = "") -> dict[str, Any]:
         response = self.post(url, None, context=context)
         body = response.json()
@@ -469,33 +450,7 @@ class AcmeSession:
                 raise Cancelled(f"stopped while {what}")
             delay = min(delay * 1.5, POLL_MAX)
 
-    # -- ARI and revocation -------------------------------------------------------------------
-
-    def renewal_info(self, cert_pem: bytes, now: datetime | None = None) -> RenewalInfo | None:
-        """The CA's renewal window for `cert_pem`, or None when the CA does not offer ARI.
-        Raises CAUnavailable on failure (callers treat ARI as advisory)."""
-        base = self.directory().get("renewalInfo")
-        if not base:
-            return None
-        now = now or datetime.now(UTC)
-        url = f"{base.rstrip('/')}/{ari_cert_id(cert_pem)}"
-        response = self._request("GET", url)
-        if not response.ok:
-            raise self._problem(response, "fetching renewal info")
-        try:
-            body = response.json()
-            window = body["suggestedWindow"]
-            start = _rfc3339(window["start"])
-            end = _rfc3339(window["end"])
-        except (ValueError, KeyError, TypeError):
-            raise CAUnavailable(f"the CA's renewal info at {url} is malformed") from None
-        retry = parse_retry_after(response.headers.get("Retry-After"), now)
-        # RFC 9773 §4.3: clamp Retry-After to a sane range (1 minute .. 1 day); default 6 hours.
-        low, high = now + timedelta(minutes=1), now + timedelta(days=1)
-        retry = min(max(retry, low), high) if retry else now + timedelta(hours=6)
-        explanation = body.get("explanationURL")
-        return RenewalInfo(start=start, end=end, retry_after=retry,
-                           explanation_url=str(explanation) if explanation else None)
+    # -- revocation -------------------------------------------------------------------
 
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
         cert = x509.load_pem_x509_certificate(cert_pem)
@@ -505,11 +460,6 @@ class AcmeSession:
 
     def close(self) -> None:
         self.http.close()
-
-
-def _rfc3339(value: str) -> datetime:
-    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _short(error: BaseException | None) -> str:

@@ -62,7 +62,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from mamoru.app import App
 from mamoru.config.model import Settings, Site
 from mamoru.errors import Cancelled, MamoruError
-from mamoru.renewal import schedule
+from mamoru.renewal import due
 from mamoru.service.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,9 @@ class Daemon:
         """Schedule a site the daemon did not watch before, from its persisted state."""
         with self._lock:
             self._sites[site.name] = site
-        recovered = schedule.recover_interrupted(site, self.app)
+        from mamoru.pipeline import recover_interrupted
+
+        recovered = recover_interrupted(site, self.app)
         if recovered is not None:
             retry, since = recovered
             self.app.events.emit(
@@ -266,9 +268,11 @@ class Daemon:
                                  " UTC (after an interrupted attempt)", next_due=retry,
                                  why="backoff after an interrupted attempt",
                                  error_class="Interrupted")
-        when, why = schedule.first_run(site, self.app)
+        state = self.app.storage.load_state(site.name)
+        when, why = due.first_run(state, due.fingerprint(site, self.app.settings.acme.profile),
+                                  self.app.clock())
         with self._lock:
-            self._plans[site.name] = schedule.planned(site.name, self.app)
+            self._plans[site.name] = state.planned()
         log.info("site %s: first check %s (%s)", site.name, when.isoformat(), why)
         self.schedule(site.name, when)
 
@@ -319,7 +323,8 @@ class Daemon:
         outcome = None
         try:
             outcome = provision(site, self.app)
-            when = schedule.next_run(name, self.app)
+            state = self.app.storage.load_state(name)
+            when = state.next_run()
         except Exception:  # provision never raises for a site's own failure; a bug here must
             log.exception("site %s: unexpected error in the daemon", name)  # not stop the site
             when = None
@@ -337,8 +342,9 @@ class Daemon:
         elif when is None or when <= now:
             when = now + timedelta(seconds=max(self.app.settings.renewal.retry_first_seconds,
                                                MIN_RESCHEDULE_SECONDS))
-        with self._lock:
-            self._plans[name] = schedule.planned(name, self.app)
+        if outcome is not None:
+            with self._lock:
+                self._plans[name] = state.planned()
         self.notifier.status(self.status_text())
         return when
 
@@ -396,7 +402,7 @@ class Daemon:
             self._add_site(after[name])
         retry = set(changed)
         if acme_changed:  # a new CA, URL or account: sites backing off may succeed now
-            retry |= {n for n in after if n not in added and schedule.planned(n, self.app)[1]}
+            retry |= {n for n in after if n not in added and self.app.storage.load_state(n).failing}
         for name in sorted(retry):
             with self._lock:
                 if name in self._running:

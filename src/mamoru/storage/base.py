@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from mamoru.storage.lineage import CertVersion
+from mamoru.storage.sitestate import SiteState
 
 
 class Storage(Protocol):
@@ -44,8 +45,8 @@ class Storage(Protocol):
     def prune(self, site: str, keep: int = ...) -> None:
         """Remove old versions, keeping the newest `keep` and the live one."""
 
-    def load_state(self, site: str) -> dict[str, Any]:
-        """The site's renewal state as stored (empty when none); see sitestate.SiteState."""
+    def load_state(self, site: str) -> SiteState:
+        """The site's renewal state (an empty SiteState when there is none or it is damaged)."""
 
-    def save_state(self, site: str, data: dict[str, Any]) -> None:
+    def save_state(self, site: str, state: SiteState) -> None:
         """Replace the site's renewal state atomically."""

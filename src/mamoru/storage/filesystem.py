@@ -14,7 +14,6 @@ pair, never one of each. Keys are 0600 (0640 with a key group) from the moment t
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import grp
 import json
@@ -23,13 +22,13 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from mamoru.errors import LockBusy, StorageError
 from mamoru.storage.atomic import _describe, ensure_dir, fsync_dir, replace_symlink, write_file
 from mamoru.storage.lineage import CertVersion, cert_meta, split_chain
+from mamoru.storage.sitestate import SiteState
 
 _VERSION = re.compile(r"\d{4,}\Z")
 KEEP_VERSIONS = 5
@@ -179,13 +178,6 @@ class FileStorage:
             return None
         return self.load_version(site, int(name))
 
-    def latest(self, site: str) -> CertVersion | None:
-        for number in reversed(self._numbers(site)):
-            version = self.load_version(site, number)
-            if version is not None:
-                return version
-        return None
-
     def activate(self, version: CertVersion) -> CertVersion | None:
         """Point live/<site> at `version` atomically. Returns the version it pointed at before."""
         previous = self.live(version.site)
@@ -229,27 +221,20 @@ class FileStorage:
 
     # -- per-site state --------------------------------------------------------------------------
 
-    def load_state(self, site: str) -> dict[str, Any]:
-        """Renewal bookkeeping for `site` ({} when there is none or it is unreadable). Known
-        fields with a damaged value are dropped: a broken file must never stop renewal."""
+    def load_state(self, site: str) -> SiteState:
+        """The site's renewal state (an empty one when there is none or it is unreadable:
+        a broken file must never stop renewal)."""
         try:
             with open(os.path.join(self.site_dir(site), "state.json"), encoding="utf-8") as h:
                 data = json.load(h)
         except (OSError, ValueError):
-            return {}
-        return _sane_state(data) if isinstance(data, dict) else {}
+            return SiteState()
+        return SiteState.from_json(data)
 
-    def save_state(self, site: str, data: dict[str, Any]) -> None:
+    def save_state(self, site: str, state: SiteState) -> None:
         self._prepare(site)
         write_file(os.path.join(self.site_dir(site), "state.json"),
-                   json.dumps(data, indent=2, sort_keys=True, default=str).encode(), 0o600)
-
-    def sites(self) -> Iterator[str]:
-        try:
-            names = sorted(os.listdir(os.path.join(self.state_dir, "sites")))
-        except FileNotFoundError:
-            return
-        yield from names
+                   json.dumps(state.to_json(), indent=2, sort_keys=True).encode(), 0o600)
 
 
 def _check_meta(meta: Any) -> None:
@@ -263,35 +248,3 @@ def _check_meta(meta: Any) -> None:
     if not isinstance(meta.get("serial"), str) or not isinstance(names, list) or not all(
             isinstance(name, str) for name in names):
         raise ValueError("serial or names damaged")
-
-
-_STATE_TIMES = ("next_attempt", "next_check", "next_due", "last_success")
-_STATE_MAPS = ("last_attempt", "ari", "installed")
-
-
-def _sane_state(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` without the known fields whose value has the wrong type (see load_state)."""
-    out = dict(data)
-    attempts = out.get("attempts")
-    if attempts is not None and (type(attempts) is not int or attempts < 0):
-        del out["attempts"]
-    for key in _STATE_TIMES:
-        value = out.get(key)
-        if value is None:
-            continue
-        try:
-            if datetime.fromisoformat(value).tzinfo is None:
-                raise ValueError(key)
-        except (TypeError, ValueError):
-            del out[key]
-    for key in _STATE_MAPS:
-        if key in out and not isinstance(out[key], dict):
-            del out[key]
-    pick = out.get("ari", {}).get("pick")
-    if pick is not None and (type(pick) not in (int, float) or not 0 <= pick <= 1):
-        del out["ari"]
-    return out
-
-
-def is_enospc(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno == errno.ENOSPC

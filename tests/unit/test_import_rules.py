@@ -1,0 +1,112 @@
+"""The rules of the house (docs/ARCHITECTURE.md): which part of mamoru may import which.
+
+Every import in src/mamoru is read with ast, including those inside functions (mamoru imports
+lazily to keep commands light, and a lazy import is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "mamoru"
+
+# part -> parts of mamoru it must never import ("*" = the whole package but itself and `allow`).
+FORBIDDEN: dict[str, set[str]] = {
+    "clock": {"*"},
+    "netaddr": {"*"},
+    "errors": {"*"},
+    "config": {"protocol", "challenges", "storage", "renewal", "install", "check", "observe",
+               "service", "issuance", "pipeline", "app", "cli"},
+    "storage": {"protocol", "challenges", "renewal", "install", "check", "observe", "service",
+                "issuance", "pipeline", "app", "cli"},
+    "renewal": {"protocol", "challenges", "install", "check", "observe", "service", "issuance",
+                "pipeline", "app", "cli"},
+    "challenges": {"protocol", "renewal", "install", "check", "observe", "service", "issuance",
+                   "pipeline", "app", "cli"},
+    "protocol": {"renewal", "install", "check", "observe", "service", "issuance", "pipeline",
+                 "app", "cli"},
+    "install": {"protocol", "challenges", "renewal", "service", "issuance", "pipeline", "app",
+                "cli"},
+    "check": {"protocol", "challenges", "renewal", "install", "service", "issuance", "pipeline",
+              "app", "cli"},
+    "observe": {"protocol", "challenges", "install", "check", "service", "issuance",
+                "pipeline", "app", "cli"},
+    "issuance": {"install", "check", "renewal", "service", "pipeline", "app", "cli"},
+    "app": {"install", "check", "service", "pipeline", "cli"},
+    "pipeline": {"service", "cli"},
+    "service": {"cli"},
+}
+# What a "*" part may still import.
+ALLOW_ALWAYS: set[str] = set()
+# Third-party packages only one part may import.
+ONLY_IN = {"acme": "protocol", "josepy": "protocol", "apscheduler": "service"}
+
+
+def modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def part_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py") if rel.parts else ""
+
+
+def imported(path: Path) -> set[str]:
+    """Every absolute module name `path` imports (top-level or in a function)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            if node.module == "mamoru":
+                names.update(f"mamoru.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_source_tree_is_read() -> None:
+    found = {part_of(path) for path in modules()}
+    assert {"config", "protocol", "challenges", "storage", "renewal", "install", "check",
+            "observe", "service", "pipeline", "cli"} <= found
+
+
+def violations(part: str, names: set[str]) -> list[str]:
+    forbidden = FORBIDDEN.get(part, set())
+    wrong = []
+    for name in sorted(names):
+        top, _, rest = name.partition(".")
+        if top in ONLY_IN and ONLY_IN[top] != part:
+            wrong.append(f"{name} (only {ONLY_IN[top]}/ may import {top})")
+        if top != "mamoru" or not rest:
+            continue
+        target = rest.split(".")[0]
+        if target in ("__init__", "py"):
+            continue
+        if target == part:
+            continue
+        if "*" in forbidden and target not in ALLOW_ALWAYS:
+            wrong.append(f"{name} ({part} imports nothing of mamoru's)")
+        elif target in forbidden:
+            wrong.append(f"{name} ({part} must not import {target})")
+    return wrong
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_follow_the_rules_of_the_house(path: Path) -> None:
+    wrong = violations(part_of(path), imported(path))
+    assert not wrong, f"{path.relative_to(SRC)}: " + "; ".join(wrong)
+
+
+def test_the_rules_catch_a_forbidden_import(tmp_path: Path) -> None:
+    """The checker itself can fail: a renewal module importing protocol is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from mamoru.protocol.session import AcmeSession\n"
+                   "import acme.jws\nfrom mamoru import cli\n")
+    wrong = violations("renewal", imported(bad))
+    assert any("must not import protocol" in w for w in wrong)
+    assert any("only protocol/ may import acme" in w for w in wrong)
+    assert any("must not import cli" in w for w in wrong)
+    assert violations("clock", {"mamoru.errors"}) and not violations("pipeline", {"mamoru.app"})
