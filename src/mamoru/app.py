@@ -4,13 +4,14 @@ Tests build an `App` with their own parts (a memory event sink, a fixed clock)."
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+from mamoru.clock import Clock, utcnow
 from mamoru.config.model import Settings
 from mamoru.observe.events import Events, EventSink, JsonlSink, StderrSink
 from mamoru.storage import FileStorage
@@ -19,18 +20,15 @@ if TYPE_CHECKING:
     from mamoru.protocol.session import AcmeSession
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class App:
     settings: Settings
     storage: FileStorage
     events: Events
-    clock: Callable[[], datetime] = utcnow
+    clock: Clock = utcnow
     stop: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.Random)
+    dry_run_finalizes: bool = False  # a dry run at this CA may obtain the certificate
     _session: AcmeSession | None = None
     _account_ready: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -75,20 +73,53 @@ class App:
             self._account_ready = False
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """How a dry run goes with this CA: the settings it uses, whether it finalizes, and what
+    to tell the user before it starts."""
+
+    settings: Settings
+    finalizes: bool
+    note: str
+
+
+def dry_run(settings: Settings) -> DryRun:
+    """A dry run must cost the clinic nothing at its real CA. Against Let's Encrypt it runs at
+    Let's Encrypt staging (as certbot does): a whole order, certificate included, with no
+    production rate limit touched. Any other CA: the order and its validations are real, but
+    it is not finalized, so no certificate is issued."""
+    from mamoru.config.defaults import DIRECTORIES
+
+    production, staging = DIRECTORIES["letsencrypt"], DIRECTORIES["letsencrypt-staging"]
+    directory = settings.acme.directory
+    if directory == production:
+        moved = dataclasses.replace(settings, acme=dataclasses.replace(settings.acme,
+                                                                       directory=staging))
+        return DryRun(moved, True, "dry run: using Let's Encrypt staging instead of production "
+                      f"({staging}); the staging certificate is obtained and discarded, and no "
+                      "production rate limit is touched")
+    if directory == staging:
+        return DryRun(settings, True, "dry run at Let's Encrypt staging: the certificate is "
+                      "obtained and discarded")
+    return DryRun(settings, False, f"dry run: the order at {urlsplit(directory).netloc} is "
+                  "validated but not finalized, so no certificate is issued and nothing changes")
+
+
 def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
               stderr: bool = True, event_log: bool = True, observers: bool = True,
-              serve_metrics: bool = False) -> App:
+              serve_metrics: bool = False, clock: Clock = utcnow) -> App:
     """The App for `settings`. `observers`: add the metrics sink (textfile) and the alert
     sink when the config sets them up; `serve_metrics`: also start the metrics HTTP endpoint
     (the daemon only: one-shot commands must not take its port). Whoever builds an App calls
     `app.events.close()` when done, so queued alerts go out and the textfile is final."""
-    events = Events(sinks or [])
+    events = Events(sinks or [], clock=clock)
     if stderr:
         events.add(StderrSink())
     if event_log:
         paths = settings.paths
         events.add(JsonlSink(paths.event_log, paths.event_log_max_bytes, paths.event_log_keep))
-    storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group)
+    storage = FileStorage(settings.paths.state, settings.paths.live, settings.paths.key_group,
+                          clock=clock)
     if observers and (settings.metrics.textfile or settings.metrics.listen):
         from mamoru.observe.metrics import (
             MetricsSink,  # also counts one-shot runs' failures on disk
@@ -103,4 +134,4 @@ def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
         alerts = build_alert_sink(settings.alerts, storage, events)
         if alerts is not None:
             events.add(alerts)
-    return App(settings=settings, storage=storage, events=events)
+    return App(settings=settings, storage=storage, events=events, clock=clock)

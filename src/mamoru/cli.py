@@ -90,10 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("alert-test", "send a test alert through every configured channel", cmd_alert_test)
 
-    p = verb("revoke", "revoke a site's current certificate", cmd_revoke)
+    p = verb("revoke", "revoke a site's current certificate and put a new one in service",
+             cmd_revoke)
     p.add_argument("site", metavar="SITE")
     p.add_argument("--reason", default="unspecified",
                    choices=sorted(REVOCATION_REASONS), help="RFC 5280 reason")
+    p.add_argument("--no-replace", action="store_true",
+                   help="only revoke: do not order a replacement (the site keeps serving the "
+                   "revoked certificate until the next provision)")
     return parser
 
 
@@ -178,7 +182,17 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     sites = _select(settings, args.sites)
-    app = build_app(settings)
+    if args.dry_run:
+        # A dry run changes no schedule, attempt count or alert: no alert or metrics sinks,
+        # and the pipeline writes no state. Said before it starts, on stderr.
+        from mamoru.app import dry_run
+
+        plan = dry_run(settings)
+        print(f"mamoru: {plan.note}", file=sys.stderr)
+        app = build_app(plan.settings, observers=False)
+        app.dry_run_finalizes = plan.finalizes
+    else:
+        app = build_app(settings)
     restore = _stop_on_signals(app)
     try:
         # `renew` is the same pass, but leaves sites that are backing off after a failure
@@ -303,21 +317,23 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from mamoru.app import build_app
-    from mamoru.errors import UsageError
+    from mamoru.pipeline import revoke
 
     settings = _load(args)
     site = _select(settings, [args.site])[0]
     app = build_app(settings)
-    current = app.storage.live(site.name)
-    if current is None:
-        raise UsageError(f"site {site.name} has no live certificate to revoke")
-    session = app.account_session()
-    session.revoke(current.read("cert.pem"), REVOCATION_REASONS[args.reason])
-    app.events.emit("revoked", site.name, f"certificate {current.meta.get('serial')} revoked "
-                    f"({args.reason}); run `mamoru provision --force {site.name}` for a new one",
-                    serial=current.meta.get("serial"), reason=args.reason)
-    app.events.close(ALERT_FLUSH_SECONDS)
-    return EXIT_OK
+    try:
+        outcome = revoke(site, app, reason=args.reason,
+                         reason_code=REVOCATION_REASONS[args.reason],
+                         replace=not args.no_replace)
+    finally:
+        app.reset_session()
+        app.events.close(ALERT_FLUSH_SECONDS)
+    if outcome is None:
+        return EXIT_OK
+    if outcome.version is not None and outcome.ok:
+        print(f"{outcome.site}: {outcome.status} — {outcome.version.file('fullchain.pem')}")
+    return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ def obtain(
     profile: str | None,
     replaces: str | None,
     timeout: float,
+    finalize: bool = True,
 ) -> Issued:
     """Run one order for `site` with `key` (or the key being made: it is waited for only
     when the CSR is signed). Raises IssuanceError subclasses."""
@@ -72,6 +73,9 @@ def obtain(
         session.wait_authorizations(order, tasks, deadline)
     if tasks:
         events.emit("validated", site.name, "the CA validated every name", order=order.url)
+    if not finalize:  # a dry run at a CA that would issue a real certificate
+        return Issued(key_pem=b"", chain_pem=b"", order_url=order.url, replaced=order.replaced,
+                      profile=profile)
     if isinstance(key, Future):
         key = key.result()
     chain = session.finalize(order, make_csr_der(key, names), deadline)
@@ -81,7 +85,7 @@ def obtain(
 
 def obtain_for_site(site: Site, session: AcmeSession, events: Events,
                     current: CertVersion | None, *, default_profile: str | None,
-                    timeout: float) -> Issued:
+                    timeout: float, finalize: bool = True) -> Issued:
     """Everything `obtain` needs, picked for `site`: the profile the CA offers, `replaces`
     when the CA speaks ARI, the solver, and a fresh key. `session` has the account loaded."""
     profile = site.profile or default_profile
@@ -100,7 +104,7 @@ def obtain_for_site(site: Site, session: AcmeSession, events: Events,
         replaces = current.meta.get("ari_cert_id") or _cert_id_of(current)
     key = _make_key(site.key)
     issued = obtain(site, session, solver_for(site.challenge), key, events, profile=profile,
-                    replaces=replaces, timeout=timeout)
+                    replaces=replaces, timeout=timeout, finalize=finalize)
     return dataclasses.replace(issued, profile_wanted=site.profile or default_profile)
 
 

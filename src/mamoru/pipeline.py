@@ -18,10 +18,14 @@ from typing import Any
 
 from mamoru.app import App
 from mamoru.config.model import Site
-from mamoru.errors import Cancelled, LockBusy, MamoruError
+from mamoru.errors import Cancelled, ChallengeFailed, LockBusy, MamoruError
 from mamoru.issuance import obtain_for_site
 from mamoru.renewal import due
-from mamoru.renewal.backoff import next_attempt
+from mamoru.renewal.backoff import (
+    FAILED_VALIDATIONS_PER_HOUR,
+    VALIDATION_RETRY_SECONDS,
+    next_attempt,
+)
 from mamoru.renewal.policy import Decision, Window
 from mamoru.storage import CertVersion
 from mamoru.storage.sitestate import AriWindow, SiteState
@@ -72,6 +76,7 @@ class Run:
     app: App
     state: SiteState = field(default_factory=SiteState)
     started: float = field(default_factory=time.monotonic)
+    dry_run: bool = False  # a dry run changes nothing: its state is never saved
 
     @property
     def attempt(self) -> int:
@@ -80,7 +85,8 @@ class Run:
 
     def save(self, state: SiteState) -> None:
         self.state = state
-        self.app.storage.save_state(self.site.name, state)
+        if not self.dry_run:
+            self.app.storage.save_state(self.site.name, state)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -95,17 +101,47 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
     a site's own failure: the Outcome carries the error, and the state records the retry.
     `honour_backoff`: skip a site whose next attempt after failures is still to come (a `renew`
     pass; the daemon schedules by that time itself, and `provision` is an explicit request)."""
-    run = Run(site, app)
+    run = Run(site, app, dry_run=dry_run)
     try:
         lock = app.storage.lock(site.name, timeout=LOCK_WAIT)
     except Exception as error:  # busy or unwritable: another run owns the state, or nobody can
         return failed(run, error, record=False)
     with lock:
         run.state = app.storage.load_state(site.name)
-        try:
-            return story(run, force=force, dry_run=dry_run, honour_backoff=honour_backoff)
-        except Exception as error:  # one site's bug must not stop the others
-            return failed(run, error, record=True)
+        return locked_story(run, force=force, dry_run=dry_run, honour_backoff=honour_backoff)
+
+
+def locked_story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outcome:
+    """The story with the site's lock held: any failure is recorded in its state."""
+    try:
+        return story(run, force=force, dry_run=dry_run, honour_backoff=honour_backoff)
+    except Exception as error:  # one site's bug must not stop the others
+        return failed(run, error, record=not dry_run)
+
+
+def revoke(site: Site, app: App, *, reason: str, reason_code: int, replace: bool = True
+           ) -> Outcome | None:
+    """Revoke the site's live certificate at the CA, under the site's lock, and (unless
+    `replace` is False) order and install a replacement at once, with a new key, so the site
+    does not go on serving a revoked certificate. Returns the replacement's Outcome (None
+    without one). Raises what the revocation raises (nothing is changed then)."""
+    with app.storage.lock(site.name, timeout=LOCK_WAIT):
+        current = app.storage.live(site.name)
+        if current is None:
+            from mamoru.errors import UsageError
+
+            raise UsageError(f"site {site.name} has no live certificate to revoke")
+        serial = str(current.meta.get("serial"))
+        app.account_session().revoke(current.read("cert.pem"), reason_code)
+        run = Run(site, app, app.storage.load_state(site.name))
+        run.save(run.state.with_revoked(serial, app.clock(), reason))
+        app.events.emit("revoked", site.name, f"certificate {serial} revoked ({reason})" + (
+            "; ordering a replacement now" if replace else
+            f"; the site still serves it: run `mamoru provision {site.name}` for a new one"),
+            serial=serial, reason=reason, replace=replace)
+        if not replace:
+            return None
+        return locked_story(run, force=True, dry_run=False, honour_backoff=False)
 
 
 def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outcome:
@@ -139,11 +175,13 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
     run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
     issued = obtain_for_site(site, app.account_session(), events, current,
                              default_profile=app.settings.acme.profile,
-                             timeout=app.settings.acme.order_timeout)
+                             timeout=app.settings.acme.order_timeout,
+                             finalize=not dry_run or app.dry_run_finalizes)
     if dry_run:
-        run.save(run.state.cancelled())
-        events.emit("dry-run", site.name, "dry run: certificate obtained and discarded; "
-                    "nothing changed in live/", order=issued.order_url)
+        what = ("certificate obtained and discarded" if issued.chain_pem else
+                "every name validated; the order was not finalized, so no certificate was issued")
+        events.emit("dry-run", site.name, f"dry run: {what}; nothing changed in live/",
+                    order=issued.order_url, finalized=bool(issued.chain_pem))
         return run.outcome("dry-run", decision=decision)
 
     version = storage.store(site.name, issued.key_pem, issued.chain_pem, issued.meta(site.key))
@@ -219,7 +257,8 @@ def due_check(run: Run, current: CertVersion | None, *, served_now: bool | None 
         want=due.wanted(site, app.settings.acme.profile),
         cert=due.facts(current) if current else None, now=app.clock(), window=window,
         pick=pick, settings=app.settings.renewal, rng=app.rng, install_changed=install_changed,
-        served=None if site.server.type == "none" else served)
+        served=None if site.server.type == "none" else served,
+        revoked=current is not None and run.state.is_revoked(current.meta.get("serial")))
 
 
 def ari_window(run: Run, version: CertVersion) -> tuple[Window | None, float | None]:
@@ -310,7 +349,8 @@ def failed(run: Run, unexpected: BaseException, *, record: bool) -> Outcome:
         now = app.clock()
         when = next_attempt(retryable=error.retryable, attempt=run.attempt, now=now,
                             settings=app.settings.renewal,
-                            retry_after=getattr(error, "retry_after", None), rng=app.rng)
+                            retry_after=getattr(error, "retry_after", None), rng=app.rng,
+                            validation=failed_validation(error))
         if _try_save(run, run.state.failed(
                 now=now, next_attempt=when, error_class=error.kind, message=str(error),
                 retryable=error.retryable, problem=error.fields(),
@@ -323,11 +363,23 @@ def failed(run: Run, unexpected: BaseException, *, record: bool) -> Outcome:
     if next_try is not None:
         count = attempt or 1
         why = (f"backoff after {count} consecutive failed attempt{'s' if count > 1 else ''}"
-               f"{'' if error.retryable else ' (needs a fix; retried slowly)'}")
+               f"{'' if error.retryable else ' (needs a fix; retried slowly)'}"
+               f"{VALIDATION_WHY if failed_validation(error) else ''}")
         events.emit("backoff", site.name, f"next attempt {next_try:%Y-%m-%d %H:%M:%S} UTC "
                     f"({why})", next_due=next_try, why=why, attempt=attempt,
                     error_class=error.kind)
     return run.outcome("failed", error=error, next_due=next_try)
+
+
+VALIDATION_WHY = (f" (the CA could not validate a name; CAs allow only "
+                  f"{FAILED_VALIDATIONS_PER_HOUR} failed validations per name and hour, so "
+                  f"mamoru retries every {VALIDATION_RETRY_SECONDS / 60:g} minutes or slower)")
+
+
+def failed_validation(error: MamoruError) -> bool:
+    """The CA tried the challenge and it failed (its verdict, with a problem document): a
+    failure that counts against the CA's failed-validation limit."""
+    return isinstance(error, ChallengeFailed) and error.problem_type is not None
 
 
 def _try_save(run: Run, state: SiteState) -> bool:

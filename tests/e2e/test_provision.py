@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -156,12 +157,17 @@ def test_dry_run_force_and_revoke(tmp_path: Path, pebble: Pebble) -> None:
     config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
         "clinic": {"domains": ["clinic.example"],
                    "challenge": {"standalone": f"127.0.0.1:{pebble.http_port}"}}})
-    summary = provision_json("-c", str(config), "--dry-run")
+    dry = run_mamoru("provision", "--json", "-c", str(config), "--dry-run", check=0)
+    summary = json.loads(dry.stdout)
     assert summary["sites"][0]["status"] == "dry-run"
-    assert pebble.issued_count() == 1
+    # Not Let's Encrypt: the order and its validation are real, the finalize is not.
+    assert "validated but not finalized" in dry.stderr
+    assert pebble.order_count() == 1 and pebble.issued_count() == 0
     assert not (tmp_path / "live" / "clinic").exists()
+    assert not (tmp_path / "state" / "sites" / "clinic" / "state.json").exists()
 
     first = provision_json("-c", str(config))["sites"][0]
+    assert pebble.issued_count() == 1
     forced = provision_json("-c", str(config), "--force")["sites"][0]
     assert forced["status"] == "renewed" and forced["serial"] != first["serial"]
     assert_valid_site(tmp_path, pebble, "clinic", ["clinic.example"])
@@ -222,3 +228,66 @@ def test_ctrl_c_cleans_up_challenges_and_changes_nothing(
     assert "stopping after cleanup" in err
     assert os.listdir(challenge_dir) == []  # both challenge files removed
     assert not (tmp_path / "live" / "clinic").exists()
+
+
+def test_a_failing_dry_run_changes_no_schedule_and_alerts_nobody(tmp_path: Path,
+                                                                 pebble: Pebble) -> None:
+    """Port 80 unreachable: the dry run fails, says why, and leaves no attempt count, no
+    retry time and no alert behind (a dry run is a question, not an attempt)."""
+    from tests.servers.receivers import WebhookReceiver
+
+    with WebhookReceiver() as hook:
+        config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+            "clinic": {"domains": ["clinic.example"],
+                       "challenge": {"standalone": f"127.0.0.1:{free_port()}"}}},
+            extra={"alerts": {"webhook": {"url": hook.url}, "after_failures": 1}})
+        result = run_mamoru("provision", "--json", "-c", str(config), "--dry-run", check=1)
+        assert json.loads(result.stdout)["sites"][0]["status"] == "failed"
+        assert not (tmp_path / "state" / "sites" / "clinic" / "state.json").exists()
+        time.sleep(1.0)  # alerts go out off the critical path: give one the time to arrive
+        assert hook.attempts == 0
+    events = (tmp_path / "log" / "events.jsonl").read_text()
+    assert '"kind": "failed"' in events and '"kind": "backoff"' not in events
+
+
+def test_a_dry_run_against_lets_encrypt_goes_to_staging() -> None:
+    from mamoru.app import dry_run
+    from mamoru.config import load_config_text
+
+    settings = load_config_text("acme: {directory: letsencrypt}\nsites:\n  c:\n"
+                                "    domains: [clinic.example]\n    challenge: {webroot: /w}\n",
+                                "/etc/mamoru/config.yaml")
+    plan = dry_run(settings)
+    assert plan.settings.acme.directory == (
+        "https://acme-staging-v02.api.letsencrypt.org/directory")
+    assert plan.finalizes and "staging instead of production" in plan.note
+    assert settings.acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
+
+
+def test_revoke_puts_a_new_certificate_with_a_new_key_in_service(tmp_path: Path,
+                                                                 pebble: Pebble) -> None:
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": ["clinic.example"],
+                   "challenge": {"standalone": f"127.0.0.1:{pebble.http_port}"}}})
+    first = provision_json("-c", str(config))["sites"][0]
+    live = tmp_path / "live" / "clinic"
+    old_key = (live / "privkey.pem").read_bytes()
+
+    result = run_mamoru("revoke", "clinic", "--reason", "keyCompromise", "-c", str(config),
+                        check=0)
+    assert "clinic: renewed" in result.stdout
+    assert (live / "privkey.pem").read_bytes() != old_key  # a new key, not the compromised one
+    leaf = verify_chain((live / "fullchain.pem").read_bytes(), pebble.root_pem(), "clinic.example")
+    assert format(leaf.serial_number, "x") != first["serial"]
+    state = json.loads((tmp_path / "state" / "sites" / "clinic" / "state.json").read_text())
+    assert state["revoked"]["serial"] == first["serial"]
+    assert state["revoked"]["reason"] == "keyCompromise"
+
+    # --no-replace: revoked and still served; the next check finds the site due at once
+    second = format(leaf.serial_number, "x")
+    served = (live / "fullchain.pem").read_bytes()
+    run_mamoru("revoke", "clinic", "--no-replace", "-c", str(config), check=0)
+    assert (live / "fullchain.pem").read_bytes() == served
+    again = provision_json("-c", str(config))["sites"][0]
+    assert again["status"] == "renewed" and again["serial"] != second
+    assert again["why"] == "the live certificate was revoked"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,51 @@ def test_configured_table_and_floor() -> None:
     tiny = RenewalSettings(retry_first_seconds=1, jitter_fraction=0.5)
     when = next_attempt(retryable=True, attempt=1, now=NOW, settings=tiny, rng=Fixed(0.0))
     assert when - NOW == timedelta(seconds=1)  # never sooner than a second
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.5, 0.999])
+def test_failed_validations_stay_under_the_cas_hourly_limit(draw: float) -> None:
+    """Let's Encrypt allows 5 failed validations per account, hostname and hour: a broken
+    port 80 retried on the transient row (1, 2, 4, 8 min) would use them all in 15 minutes.
+    However the jitter falls, no hour holds more than 4 of the daemon's attempts."""
+    rng = Fixed(draw)
+    times = [NOW]
+    for attempt in range(1, 12):
+        times.append(next_attempt(retryable=True, attempt=attempt, now=times[-1],
+                                  settings=DEFAULTS, rng=rng, validation=True))
+    for start in times:
+        in_hour = [t for t in times if start <= t < start + timedelta(hours=1)]
+        assert len(in_hour) <= 4, in_hour
+    assert all(b - a >= timedelta(minutes=15) for a, b in itertools.pairwise(times))
+    assert times[-1] - times[-2] <= timedelta(hours=6, minutes=37)  # still capped near 6 h
+    # the transient row is unchanged
+    assert next_attempt(retryable=True, attempt=1, now=NOW, settings=DEFAULTS,
+                        rng=Fixed(0.5)) == NOW + timedelta(seconds=60)
+
+
+def test_a_failed_validation_says_why_its_retry_is_slow(tmp_path: Path) -> None:
+    from mamoru.app import App
+    from mamoru.config.model import AcmeSettings, Paths, Settings, Site
+    from mamoru.errors import ChallengeFailed
+    from mamoru.observe.events import Events, MemorySink
+    from mamoru.pipeline import Run, failed
+    from mamoru.storage import FileStorage
+
+    site = Site("clinic", ("clinic.example",))
+    settings = Settings(config_file=str(tmp_path / "c.yaml"),
+                        acme=AcmeSettings("https://ca.test/directory"),
+                        paths=Paths(str(tmp_path / "s"), str(tmp_path / "l"),
+                                    str(tmp_path / "e.jsonl")), sites=(site,))
+    memory = MemorySink()
+    app = App(settings=settings, storage=FileStorage(str(tmp_path / "s"), str(tmp_path / "l")),
+              events=Events([memory]), clock=lambda: NOW, rng=Fixed(0.0))
+    error = ChallengeFailed("the CA could not fetch the challenge", detail="connection refused",
+                            problem_type="urn:ietf:params:acme:error:connection")
+    outcome = failed(Run(site, app), error, record=True)
+    assert outcome.next_due is not None and outcome.next_due >= NOW + timedelta(minutes=15)
+    backoff = [e for e in memory.events if e.kind == "backoff"][-1]
+    assert "5 failed validations" in str(backoff.get("why"))
+    # a local failure to present (no CA verdict) is retried on the transient row
+    local = failed(Run(site, app, app.storage.load_state("clinic")),
+                   ChallengeFailed("webroot not writable"), record=True)
+    assert local.next_due is not None and local.next_due < NOW + timedelta(minutes=15)

@@ -5,8 +5,15 @@
 | transient (network, 5xx, badNonce,         | 1 min, 2, 4, 8 ... doubling to 6 h, +-10 %     |
 |   rateLimited, disk full, lock busy,       | jitter; never before the CA's Retry-After      |
 |   install failures, interrupted runs)      | (itself capped at MAX_RETRY_AFTER)             |
+| failed validation (the CA could not reach  | 15 min, 30, 60 ... doubling to 6 h, never less |
+|   the challenge: firewall, DNS, port 80)   | than 15 min after jitter (see below)           |
 | permanent (unauthorized, caa,              | every 12 h, +-10 % (the failure event is what  |
 |   rejectedIdentifier, config, account)     | alerts a person)                               |
+
+Failed validations have their own row because CAs limit them: Let's Encrypt allows 5 failed
+validations per account, hostname and hour. At one attempt per 15 minutes or slower the daemon
+can fail at most 4 times in any hour, leaving one for a person trying a fix by hand; the
+transient row's 1, 2, 4, 8 minutes would lock the clinic out for an hour after a broken port 80.
 
 The numbers are the defaults of `renewal.retry_first_seconds`, `retry_max_seconds`,
 `permanent_retry_seconds` and `jitter_fraction`. Retrying never stops by itself: an expired
@@ -30,12 +37,21 @@ MAX_RETRY_AFTER = timedelta(days=7)
 RETRY_AFTER_SPREAD_SECONDS = 5.0
 
 
-def delay_seconds(*, retryable: bool, attempt: int, settings: RenewalSettings) -> float:
+# Let's Encrypt: 5 failed validations per account, hostname and hour. The floor keeps the daemon
+# at 4 an hour at most, whatever the jitter.
+FAILED_VALIDATIONS_PER_HOUR = 5
+VALIDATION_RETRY_SECONDS = 3600.0 / (FAILED_VALIDATIONS_PER_HOUR - 1)
+
+
+def delay_seconds(*, retryable: bool, attempt: int, settings: RenewalSettings,
+                  validation: bool = False) -> float:
     """The delay before attempt `attempt + 1`, before jitter (see the table above)."""
     if not retryable:
         return settings.permanent_retry_seconds
     doublings = min(max(attempt - 1, 0), 62)  # years of failures must not overflow a float
-    return float(min(settings.retry_first_seconds * (2 ** doublings), settings.retry_max_seconds))
+    first = max(settings.retry_first_seconds, VALIDATION_RETRY_SECONDS) if validation else (
+        settings.retry_first_seconds)
+    return float(min(first * (2 ** doublings), max(settings.retry_max_seconds, first)))
 
 
 def next_attempt(
@@ -46,15 +62,19 @@ def next_attempt(
     settings: RenewalSettings,
     retry_after: datetime | None = None,
     rng: random.Random | None = None,
+    validation: bool = False,
 ) -> datetime:
     """The time of attempt number `attempt + 1`, after `attempt` consecutive failures (>= 1).
 
     Always later than `now`; never before `retry_after` (when the CA named one within
-    MAX_RETRY_AFTER; a later one counts as that cap)."""
+    MAX_RETRY_AFTER; a later one counts as that cap). `validation`: the CA could not validate
+    a name (the failed-validation row)."""
     rng = rng or random.Random()
-    delay = delay_seconds(retryable=retryable, attempt=attempt, settings=settings)
+    delay = delay_seconds(retryable=retryable, attempt=attempt, settings=settings,
+                          validation=validation)
     delay *= 1 + settings.jitter_fraction * (2 * rng.random() - 1)
-    when = now + timedelta(seconds=max(delay, 1.0))
+    floor = VALIDATION_RETRY_SECONDS if validation and retryable else 1.0
+    when = now + timedelta(seconds=max(delay, floor))
     if retry_after is not None:
         retry_after = min(retry_after, now + MAX_RETRY_AFTER)
         if retry_after > when:

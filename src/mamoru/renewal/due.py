@@ -63,11 +63,14 @@ def _hash(data: object) -> str:
 def check_due(*, want: Wanted, cert: CertFacts | None, now: datetime,
               window: Window | None, pick: float | None, settings: RenewalSettings,
               rng: random.Random, install_changed: bool = False,
-              served: Callable[[], bool] | None = None) -> Decision:
+              served: Callable[[], bool] | None = None, revoked: bool = False) -> Decision:
     """The renewal decision. `served` is asked only when nothing else makes the site due
     (it costs a TLS handshake per name); None means the site has no server to ask.
     `install_changed`: the site's server settings differ from those its live certificate was
-    installed with."""
+    installed with. `revoked`: mamoru revoked the live certificate (always due: browsers may
+    refuse it)."""
+    if revoked and cert is not None:
+        return Decision(True, now, "the live certificate was revoked", "revoked")
 
     def decide_now(is_served: bool) -> Decision:
         return decide(want, cert, now, window=window, window_pick=pick, served=is_served,

@@ -177,7 +177,7 @@ class Daemon:
             self.scheduler.add_job(self.notifier.watchdog, IntervalTrigger(
                 seconds=interval / 2, timezone=UTC), id=WATCHDOG_JOB, executor="watchdog",
                 coalesce=True, max_instances=1, misfire_grace_time=None,
-                next_run_time=datetime.now(UTC))
+                next_run_time=self.app.clock())
         status = self.status_text()
         self.app.events.emit("started", None, f"mamoru run: {status}",
                              sites=len(settings.sites), config=self.config_path,
@@ -295,7 +295,7 @@ class Daemon:
         name = str(event.job_id)
         if name == WATCHDOG_JOB or self._stopping.is_set():
             return
-        now = datetime.now(UTC)
+        now = self.app.clock()
         if event.code == EVENT_JOB_EXECUTED:
             when = getattr(event, "retval", None)
             if isinstance(when, datetime):
@@ -336,7 +336,7 @@ class Daemon:
         if self._stopping.is_set() or (outcome is not None
                                        and isinstance(outcome.error, Cancelled)):
             return None
-        now = datetime.now(UTC)
+        now = self.app.clock()
         if rerun:
             when = now
         elif when is None or when <= now:
@@ -391,7 +391,7 @@ class Daemon:
         added = [n for n in after if n not in before]
         removed = [n for n in before if n not in after]
         changed = [n for n in after if n in before and not _same_site(before[n], after[n])]
-        now = datetime.now(UTC)
+        now = self.app.clock()
         with self._lock:
             self._sites = dict(after)
             for name in removed:

@@ -21,10 +21,11 @@ import os
 import re
 import secrets
 import shutil
-import time
-from datetime import UTC, datetime
+import threading
+from datetime import datetime
 from typing import Any
 
+from mamoru.clock import Clock, utcnow
 from mamoru.errors import LockBusy, StorageError
 from mamoru.storage.atomic import _describe, ensure_dir, fsync_dir, replace_symlink, write_file
 from mamoru.storage.lineage import CertVersion, cert_meta, split_chain
@@ -59,7 +60,9 @@ class FileStorage:
     Every method raises StorageError (with a plain-words message) on I/O failure.
     """
 
-    def __init__(self, state_dir: str, live_dir: str, key_group: str | None = None) -> None:
+    def __init__(self, state_dir: str, live_dir: str, key_group: str | None = None,
+                 clock: Clock = utcnow) -> None:
+        self.clock = clock  # stamps stored_at: the App's clock, so tests can move time
         self.state_dir = state_dir
         self.live_dir = live_dir
         self.gid = grp.getgrnam(key_group).gr_gid if key_group else None
@@ -88,22 +91,19 @@ class FileStorage:
     # -- locking -------------------------------------------------------------------------------
 
     def lock(self, site: str, timeout: float = 0.0) -> SiteLock:
-        """Hold the site's lock. Waits up to `timeout` seconds, then raises LockBusy."""
+        """Hold the site's lock. Waits up to `timeout` seconds without polling (a blocking
+        flock(2) on a helper thread), then raises LockBusy."""
         self._prepare(site)
         path = os.path.join(self.site_dir(site), "lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return SiteLock(fd)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockBusy(
-                        f"site {site} is being worked on by another mamoru process"
-                    ) from None
-                time.sleep(0.05)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return SiteLock(fd)
+        except BlockingIOError:
+            pass
+        if timeout > 0 and _wait_for_flock(fd, timeout):
+            return SiteLock(fd)
+        raise LockBusy(f"site {site} is being worked on by another mamoru process")
 
     # -- versions ------------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class FileStorage:
         tmp = os.path.join(versions, f".{number:04d}.{secrets.token_hex(4)}.tmp")
         final = os.path.join(versions, f"{number:04d}")
         meta = {**cert_meta(leaf), **meta, "version": number,
-                "stored_at": datetime.now(UTC).isoformat()}
+                "stored_at": self.clock().isoformat()}
         try:
             os.mkdir(tmp, self.dir_mode)
             if self.gid is not None:
@@ -235,6 +235,38 @@ class FileStorage:
         self._prepare(site)
         write_file(os.path.join(self.site_dir(site), "state.json"),
                    json.dumps(state.to_json(), indent=2, sort_keys=True).encode(), 0o600)
+
+
+def _wait_for_flock(fd: int, timeout: float) -> bool:
+    """Block in flock(2) on a helper thread for up to `timeout` seconds. True: `fd` now holds
+    the lock. False: given up; `fd` is closed then (by the helper once its flock returns, so a
+    lock it takes after we gave up is released at once, never held by nobody's SiteLock)."""
+    state = {"waiting": True, "locked": False}
+    guard = threading.Lock()
+    done = threading.Event()
+
+    def take() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        with guard:
+            if state["waiting"]:
+                state["locked"] = locked
+                done.set()
+                return
+        os.close(fd)  # the waiter gave up: let go at once
+
+    threading.Thread(target=take, name="site lock", daemon=True).start()
+    done.wait(timeout)
+    with guard:
+        state["waiting"] = False
+        if done.is_set() and state["locked"]:
+            return True
+        if done.is_set():  # flock failed: nobody else will close it
+            os.close(fd)
+    return False
 
 
 def _check_meta(meta: Any) -> None:

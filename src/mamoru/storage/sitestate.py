@@ -10,6 +10,7 @@
     cancelled    stopped on request, or a dry run: neither a success nor a failure
     interrupted  a `started` marker found by the next process: a failure of its own kind
     with_ari     the CA's renewal window (RFC 9773) for the live certificate, cached
+    with_revoked mamoru revoked the live certificate: due at once, shown as danger
 
 On disk it is `state/sites/<site>/state.json`, with the same keys as `to_json` writes (vendors'
 tools read them). Reading is forgiving: a field with a damaged value is dropped, never fatal
@@ -125,6 +126,25 @@ class AriWindow:
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """A certificate mamoru revoked at the CA (it must not stay in service)."""
+
+    serial: str
+    time: datetime
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"serial": self.serial, "time": self.time.isoformat(), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Revoked | None:
+        if not isinstance(data, dict) or not isinstance(data.get("serial"), str):
+            return None
+        return cls(data["serial"], parse_time(data.get("time")) or UNKNOWN_TIME,
+                   str(data.get("reason") or "unspecified"))
+
+
+@dataclass(frozen=True)
 class InFlight:
     since: datetime
     pid: int | None = None
@@ -143,6 +163,7 @@ class SiteState:
     ari: AriWindow | None = None
     in_flight: InFlight | None = None
     site_config: str | None = None  # renewal.due.fingerprint of the site's settings
+    revoked: Revoked | None = None  # the last certificate revoked (its serial)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # keys we do not know
 
     # -- queries ---------------------------------------------------------------------------
@@ -225,6 +246,13 @@ class SiteState:
     def with_ari(self, window: AriWindow) -> SiteState:
         return dataclasses.replace(self, ari=window)
 
+    def with_revoked(self, serial: str, now: datetime, reason: str) -> SiteState:
+        """The certificate `serial` was revoked: the next check finds the site due at once."""
+        return dataclasses.replace(self, revoked=Revoked(serial, now, reason), ari=None)
+
+    def is_revoked(self, serial: str | None) -> bool:
+        return self.revoked is not None and serial is not None and self.revoked.serial == serial
+
     # -- on disk ---------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -233,7 +261,7 @@ class SiteState:
                    next_check=_iso(self.next_check), next_due=_iso(self.next_due),
                    why=self.why, last_success=_iso(self.last_success),
                    site_config=self.site_config)
-        for key in ("last_attempt", "installed", "ari"):
+        for key in ("last_attempt", "installed", "ari", "revoked"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value.to_json()
@@ -266,6 +294,7 @@ class SiteState:
             ari=AriWindow.from_json(data.get("ari")),
             in_flight=in_flight,
             site_config=_text(data.get("site_config")),
+            revoked=Revoked.from_json(data.get("revoked")),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
         )
 
