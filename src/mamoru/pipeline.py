@@ -77,11 +77,15 @@ class Run:
     state: SiteState = field(default_factory=SiteState)
     started: float = field(default_factory=time.monotonic)
     dry_run: bool = False  # a dry run changes nothing: its state is never saved
+    attempt: int = 1  # this run's number among consecutive attempts (1 = the first try)
 
-    @property
-    def attempt(self) -> int:
-        """This run's number among consecutive attempts (1 = the first try)."""
-        return self.state.attempts + 1
+    def __post_init__(self) -> None:
+        self.attempt = self.state.attempts + 1
+
+    def load(self) -> None:
+        """Read the site's state (with its lock held) and number this attempt."""
+        self.state = self.app.storage.load_state(self.site.name)
+        self.attempt = self.state.attempts + 1
 
     def save(self, state: SiteState) -> None:
         self.state = state
@@ -107,7 +111,7 @@ def provision(site: Site, app: App, *, force: bool = False, dry_run: bool = Fals
     except Exception as error:  # busy or unwritable: another run owns the state, or nobody can
         return failed(run, error, record=False)
     with lock:
-        run.state = app.storage.load_state(site.name)
+        run.load()
         return locked_story(run, force=force, dry_run=dry_run, honour_backoff=honour_backoff)
 
 
