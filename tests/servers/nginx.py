@@ -9,8 +9,9 @@ Layout under ``workdir``::
     access.log
     tmp/                client_body/proxy/fastcgi/uwsgi/scgi temp paths (never /var/lib/nginx)
 
-The main ``nginx.conf`` has ``user root root;`` (tests run as root and keep files in
-root-only ``/tmp/pytest-of-root``; workers as root can read them), one worker,
+The main ``nginx.conf`` has ``user root root;`` by default (tests run as root and keep files in
+root-only ``/tmp/pytest-of-root``; workers as root can read them; ``user="www-data"`` runs them
+as Debian's nginx does, for tests of what a web server's user may read), one worker,
 ``include /etc/nginx/mime.types;`` and ``include <workdir>/conf.d/*.conf;`` inside ``http{}``.
 It has no ``listen``: the site configs bring their own ``listen 127.0.0.1:PORT``.
 
@@ -44,6 +45,9 @@ class Nginx(ForegroundServer):
         workdir: the instance's directory (created if missing).
         http_extra: extra directives placed in ``http{}`` before the conf.d include.
         main_extra: extra directives at the main (top) level.
+        user: the workers' user (and group), as in nginx's ``user`` directive; ``"www-data"``
+            is what Debian's nginx runs them as: the files they serve must then be readable
+            by that user (and every directory above them searchable).
 
     Attributes: ``workdir``, ``conf_path``, ``conf_dir``, ``pid_file``, ``error_log``,
     ``access_log``, ``test_argv``, ``reload_argv``, ``start_argv``, ``pid`` (master PID
@@ -58,6 +62,7 @@ class Nginx(ForegroundServer):
         *,
         http_extra: str = "",
         main_extra: str = "",
+        user: str = "root root",
     ) -> None:
         self.binary = NGINX_BIN
         self.workdir = Path(workdir).absolute()
@@ -70,6 +75,7 @@ class Nginx(ForegroundServer):
         self.tmp_dir = self.workdir / "tmp"
         self.http_extra = http_extra
         self.main_extra = main_extra
+        self.user = user
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_main_conf()
 
@@ -111,7 +117,7 @@ class Nginx(ForegroundServer):
         w = self.workdir
         self.conf_path.write_text(
             f"""# Test nginx instance (tests/servers/nginx.py). Started with -g 'daemon off;'.
-user root root;
+user {self.user};
 worker_processes 1;
 pid {w}/nginx.pid;
 error_log {self.error_log} notice;
