@@ -24,7 +24,7 @@ from tests.servers.tls import CertAndKey, make_ca, make_leaf
 
 from mamoru.config.model import Challenge, Server, Site
 from mamoru.errors import ConfigTestFailed, ReloadFailed, VerifyFailed
-from mamoru.install.transaction import InstallRefused, install
+from mamoru.install.transaction import InstallRefused, install, installer_for
 from mamoru.install.verify import fetch_leaf
 from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import CertVersion, FileStorage
@@ -401,8 +401,6 @@ def test_generated_files_pass_the_config_test_in_every_mode(
         tmp_path: Path) -> None:
     """site and include mode, redirect on and off, hsts on and off: `nginx -t` /
     `apache2 -t` accept every combination (with the include files really included)."""
-    from mamoru.install.commands import installer_for
-
     ca = make_ca()
     storage = FileStorage(str(tmp_path / "state"), str(tmp_path / "live"))
     storage.activate(new_version(storage, ca))
@@ -422,7 +420,7 @@ def test_generated_files_pass_the_config_test_in_every_mode(
                                 root=str(tmp_path), redirect=redirect, hsts=hsts,
                                 test=tuple(server.test_argv), reload=("true",)))
                 installer = installer_for(site)
-                installer.deploy(site, storage.live_dir)
+                installer.deploy(site, storage.live_path(site.name))
                 if mode == "include":
                     tls = include_dir / "mamoru-clinic-tls.inc"
                     redirect_inc = include_dir / "mamoru-clinic-redirect.inc"

@@ -5,21 +5,31 @@ and the Apache `Listen` decision. (tests/integration runs these files through th
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from mamoru.config.model import Challenge, Server, Site
-from mamoru.install import apache, nginx
-from mamoru.install.apache import UserListen, listens_needed, parse_listens
-from mamoru.install.base import (
+from mamoru.install.apache import ApacheInstaller
+from mamoru.install.commands import important_lines
+from mamoru.install.files import (
     HEADER_MARK,
     InstallRefused,
-    https_suffix,
-    important_lines,
-    listen_address,
+    quote,
+    redirect_file,
+    site_file,
+    tls_file,
 )
+from mamoru.install.listen import (
+    UserListen,
+    https_suffix,
+    listen_address,
+    listens_needed,
+    parse_listens,
+)
+from mamoru.install.nginx import NginxInstaller
 
-LIVE = "/etc/mamoru/live"
+LIVE = "/etc/mamoru/live/clinic"  # the site's live directory (Storage.live_path)
 
 
 def site(**server: object) -> Site:
@@ -27,6 +37,15 @@ def site(**server: object) -> Site:
                       listen_http="80", root="/var/www/clinic")
     return Site("clinic", ("clinic.example", "www.clinic.example"),
                 challenge=Challenge(webroot="/var/www/acme"), server=replace(settings, **server))
+
+
+def nginx(*, ipv6: bool = False) -> NginxInstaller:
+    return NginxInstaller(("nginx", "-t"), ("true",), 5, ipv6=ipv6)
+
+
+def apache() -> ApacheInstaller:
+    """Without a test command Apache cannot list its files: every port but 80/443 gets a Listen."""
+    return ApacheInstaller(None, ("true",), 5)
 
 
 def body(text: str) -> str:
@@ -38,7 +57,7 @@ def body(text: str) -> str:
 
 
 def test_nginx_site_mode_is_a_complete_https_server_with_redirect() -> None:
-    text = nginx.render_site(site(hsts=31536000), LIVE, ipv6=False)
+    text = nginx().site_config(site(hsts=31536000), LIVE)
     assert text.startswith(f"{HEADER_MARK} for site clinic:")
     assert "listen 443 ssl;" in text and "listen [::]" not in text
     assert "server_name clinic.example www.clinic.example;" in text
@@ -59,35 +78,42 @@ def test_nginx_site_mode_is_a_complete_https_server_with_redirect() -> None:
 
 
 def test_nginx_variants() -> None:
-    text = nginx.render_site(site(hsts=0, redirect=False), LIVE, ipv6=True)
+    text = nginx(ipv6=True).site_config(site(hsts=0, redirect=False), LIVE)
     assert "Strict-Transport-Security" not in text
     assert text.count("server {") == 1 and "return 301" not in text
     assert "listen 443 ssl;\n    listen [::]:443 ssl;" in text
-    text = nginx.render_site(site(listen_https="127.0.0.1:8443", listen_http="[::1]:8080"),
-                             LIVE, ipv6=True)
+    text = nginx(ipv6=True).site_config(
+        site(listen_https="127.0.0.1:8443", listen_http="[::1]:8080"), LIVE)
     assert "listen 127.0.0.1:8443 ssl;" in text and "[::]:8443" not in text
     assert "listen [::1]:8080;" in text
     assert "return 301 https://$host:8443$request_uri;" in text  # the port is kept
     standalone = replace(site(), challenge=Challenge(standalone=("127.0.0.1", 8402)))
-    text = nginx.render_site(standalone, LIVE, ipv6=False)
+    text = nginx().site_config(standalone, LIVE)
     assert "acme-challenge" not in text and "return 301" in text
 
 
 def test_nginx_include_mode_snippets() -> None:
-    tls = body(nginx.render_tls(site(mode="include", hsts=600), LIVE))
+    included = site(mode="include", hsts=600)
+    files = nginx().files(included, LIVE)
+    assert list(files) == [tls_file(included), redirect_file(included)]
+    tls = body(files[tls_file(included)])
     assert "server {" not in tls and "listen" not in tls
     assert 'ssl_certificate "/etc/mamoru/live/clinic/fullchain.pem";' in tls
     assert "max-age=600" in tls
-    redirect = nginx.render_redirect(site(mode="include"))
+    redirect = files[redirect_file(included)]
     assert "location ^~ /.well-known/acme-challenge/" in redirect
     assert "return 301 https://$host$request_uri;" in redirect
-    assert nginx.tls_file(site()) == "/etc/nginx/conf.d/mamoru-clinic-tls.inc"
-    assert nginx.site_file(site()) == "/etc/nginx/conf.d/mamoru-clinic.conf"
+    assert "Include this file inside your HTTPS server block." in files[tls_file(included)]
+    assert "in place of its locations" in redirect
+    assert list(nginx().files(replace(included, server=replace(included.server, redirect=False)),
+                              LIVE)) == [tls_file(included)]
+    assert tls_file(site()) == "/etc/nginx/conf.d/mamoru-clinic-tls.inc"
+    assert site_file(site()) == "/etc/nginx/conf.d/mamoru-clinic.conf"
 
 
 def test_paths_with_spaces_and_quotes_are_quoted() -> None:
-    assert nginx.quote('/srv/my "clinic" site') == '"/srv/my \\"clinic\\" site"'
-    text = nginx.render_site(site(root="/srv/clinic site"), LIVE, ipv6=False)
+    assert quote('/srv/my "clinic" site') == '"/srv/my \\"clinic\\" site"'
+    text = nginx().site_config(site(root="/srv/clinic site"), LIVE)
     assert 'root "/srv/clinic site";' in text
 
 
@@ -96,7 +122,7 @@ def test_paths_with_spaces_and_quotes_are_quoted() -> None:
 
 def test_apache_site_mode() -> None:
     s = site(type="apache", conf_dir="/etc/apache2/sites-enabled", hsts=600)
-    text = apache.render_site(s, LIVE, listens=[])
+    text = apache().site_config(s, LIVE)
     assert "Listen" not in text
     assert "<VirtualHost *:443>" in text and "<VirtualHost *:80>" in text
     assert "ServerName clinic.example\n    ServerAlias www.clinic.example" in text
@@ -114,7 +140,7 @@ def test_apache_site_mode() -> None:
 
 def test_apache_listen_blocks_are_guarded_once_per_address() -> None:
     s = site(type="apache", listen_https="127.0.0.1:8443", listen_http="8080")
-    text = apache.render_site(s, LIVE, listens=["127.0.0.1:8443", "8080"])
+    text = apache().site_config(s, LIVE)
     assert ("<IfDefine !MAMORU_LISTEN_127_0_0_1_8443>\n    Define MAMORU_LISTEN_127_0_0_1_8443\n"
             "    Listen 127.0.0.1:8443 https\n</IfDefine>") in text
     assert "Listen 8080 http" in text
@@ -154,10 +180,33 @@ def test_parse_listens() -> None:
 
 def test_apache_include_snippets() -> None:
     s = site(type="apache", mode="include", conf_dir="/etc/apache2/mamoru")
-    tls = body(apache.render_tls(s, LIVE))
+    files = apache().files(s, LIVE)
+    tls = body(files[tls_file(s)])
     assert "<VirtualHost" not in tls and "Listen" not in tls and "SSLEngine on" in tls
-    assert "RewriteRule" in apache.render_redirect(s)
-    assert apache.redirect_file(s) == "/etc/apache2/mamoru/mamoru-clinic-redirect.inc"
+    assert "Include this file inside your HTTPS <VirtualHost>." in files[tls_file(s)]
+    assert "RewriteRule" in files[redirect_file(s)]
+    assert redirect_file(s) == "/etc/apache2/mamoru/mamoru-clinic-redirect.inc"
+
+
+def test_include_mode_deploy_names_the_lines_to_add(tmp_path: Path) -> None:
+    """One include-mode implementation for both servers, in each server's own words."""
+    s = site(mode="include", conf_dir=str(tmp_path), listen_https="8443", listen_http="8080")
+    tls, redirect = nginx().deploy(s, LIVE).includes
+    assert (tls.path, tls.purpose) == (tls_file(s), "tls")
+    assert str(tls) == (f"`include {tls_file(s)};` inside `server {{ listen 8443 ssl; "
+                        "server_name clinic.example www.clinic.example; }`")
+    assert str(redirect) == (f"`include {redirect_file(s)};` inside `server {{ listen 8080; "
+                             "server_name clinic.example www.clinic.example; }` as its only "
+                             "content")
+    s = replace(s, server=replace(s.server, type="apache"))
+    tls, redirect = apache().deploy(s, LIVE).includes
+    assert str(tls) == (f"`Include {tls_file(s)}` inside `<VirtualHost *:8443>` with "
+                        "ServerName clinic.example")
+    assert str(redirect) == (f"`Include {redirect_file(s)}` inside `<VirtualHost *:8080>` with "
+                             "ServerName clinic.example")
+    assert (tmp_path / "mamoru-clinic-tls.inc").read_text().startswith(HEADER_MARK)
+    site_mode = replace(s, server=replace(s.server, mode="site"))
+    assert apache().deploy(site_mode, LIVE).includes == []
 
 
 # --- small helpers ------------------------------------------------------------------------------

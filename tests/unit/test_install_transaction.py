@@ -6,6 +6,7 @@ default commands per server type."""
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import os
 import socket
 import ssl
@@ -23,9 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from mamoru.config.model import Server, Site
 from mamoru.errors import Cancelled, ConfigTestFailed, ReloadFailed, VerifyFailed
-from mamoru.install.base import InstallRefused, write_owned
-from mamoru.install.commands import default_reload, installer_for
-from mamoru.install.transaction import install, served_matches
+from mamoru.install.files import InstallRefused, write_owned
+from mamoru.install.transaction import install, installer_for, served_matches
 from mamoru.install.verify import leaf_der, verify_address, wait_until_served
 from mamoru.observe.events import Events, MemorySink
 from mamoru.storage import CertVersion, FileStorage
@@ -318,7 +318,11 @@ def test_foreign_file_and_missing_directory_are_refused(tmp_path: Path) -> None:
 ])
 def test_default_reload(kind: str, systemd: bool, active: set[str], argv: tuple[str, ...]
                         ) -> None:
-    assert default_reload(kind, systemd=lambda: systemd, active=active.__contains__) == argv
+    """The reload a site gets without server.reload: through systemd when systemd runs the
+    server, else the server's own command (asked the way production asks, installer_for)."""
+    site = Site("s", NAMES, server=Server(type=kind, conf_dir="/etc/x"))
+    installer = installer_for(site, systemd=lambda: systemd, active=active.__contains__)
+    assert getattr(installer, "reload_argv") == argv  # noqa: B009
 
 
 def test_installer_defaults_and_explicit_commands() -> None:
@@ -341,3 +345,21 @@ def test_nginx_under_systemd_is_tested_through_pid1() -> None:
     by_hand = installer_for(site, systemd=lambda: False)
     assert getattr(by_hand, "test_argv") == ("nginx", "-t")  # noqa: B009
     assert getattr(by_hand, "reload_argv") == ("nginx", "-s", "reload")  # noqa: B009
+
+
+def test_a_live_key_readable_beyond_its_group_is_warned_about(tmp_path: Path) -> None:
+    """The mode the storage gives keys (0600, 0640 with paths.key_group) is what install
+    accepts; anything wider is a warning that names the key."""
+    group = grp.getgrgid(os.getgid()).gr_name
+    for key_group, mode, warned in ((None, 0o600, False), (None, 0o640, True),
+                                    (group, 0o640, False), (group, 0o644, True)):
+        storage = FileStorage(str(tmp_path / f"state-{mode:o}-{key_group}"),
+                              str(tmp_path / f"live-{mode:o}-{key_group}"), key_group)
+        version = store(storage)
+        os.chmod(version.file("privkey.pem"), mode)
+        sink = MemorySink()
+        install(command_site(tmp_path), version, storage, Events([sink]))
+        warnings = [event.message for event in sink.of_kind("warning")]
+        assert bool(warnings) is warned, (key_group, oct(mode), warnings)
+        if warned:
+            assert f"has mode {mode:o}: others may read the private key" in warnings[0]

@@ -1,29 +1,33 @@
-"""What every installer shares: the `Installer` seam, the files mamoru owns, and commands.
+"""What every installer shares: the `Installer` seam, the command installer every server type
+builds on, and the include-mode files of the servers whose config mamoru writes.
 
-mamoru writes only files it owns: each starts with the HEADER line, lives in the directory the
-user named (`server.conf_dir`), and is replaced atomically. A file there without the header is
-the user's, and mamoru refuses to touch it. Commands are argv lists (never a shell string), run
-with a timeout, their stdout and stderr kept together because that is where web servers explain
-themselves.
+An installer knows one server: which files to write for a site (files.py keeps them mamoru's
+own), how to test its config and how to reload it (commands.py runs the commands). The
+transaction (transaction.py) decides when each step runs and what to put back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from mamoru.config.model import Site
-from mamoru.errors import ConfigTestFailed, InstallError, ReloadFailed, StorageError
-from mamoru.netaddr import WILDCARD_HOSTS, parse_address
-from mamoru.storage.atomic import write_file
-
-# The first line of every file mamoru generates; a file without it is never overwritten.
-HEADER_MARK = "# mamoru-generated"
+from mamoru.errors import ConfigTestFailed, ReloadFailed
+from mamoru.install.commands import OUTPUT_TAIL, CommandResult, important_lines, run_command
+from mamoru.install.files import (
+    Deployment,
+    IncludeLine,
+    header,
+    indent,
+    quote,
+    redirect_file,
+    restore,
+    site_file,
+    tls_file,
+    write_owned,
+)
+from mamoru.install.listen import https_suffix
 
 # TLS 1.2 and 1.3 only. For TLS 1.2, forward-secret AEAD suites (ECDHE with AES-GCM or
 # ChaCha20-Poly1305) in both ECDSA and RSA flavours, so either key type works; TLS 1.3 suites
@@ -36,208 +40,34 @@ TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
-OUTPUT_TAIL = 4000  # characters of a command's output kept in errors and events
 
 
-def header(site: Site, what: str, use: str = "") -> str:
-    """The header block of a generated file: the mark line, then what the file is for."""
-    return (f"{HEADER_MARK} for site {site.name}: {what}.\n"
-            + (f"# {use}\n" if use else "")
-            + "# Do not edit: mamoru rewrites this file at every install and renewal. To change\n"
-            "# it, change the site's server: settings in mamoru's config, then run\n"
-            "# `mamoru provision`.\n")
-
-
-class InstallRefused(InstallError):
-    """mamoru will not install as configured (a file it does not own is in the way, the conf
-    directory is missing, a listen address clashes). A person must act; retrying cannot help."""
-
-    retryable = False
-
-
-# --- commands ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    argv: tuple[str, ...]
-    returncode: int  # -1 when it timed out, 127 when the program was not found
-    output: str  # stdout and stderr, interleaved as the program wrote them
-    duration: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-    @property
-    def command(self) -> str:
-        return " ".join(self.argv)
-
-    def describe(self) -> str:
-        """`nginx -t` exited with status 1 / timed out after 60 s / was not found."""
-        if self.timed_out:
-            return f"`{self.command}` did not finish within {self.duration:.0f} s"
-        if self.returncode == 127 and not self.output.strip():
-            return f"`{self.command}` could not be run: {self.argv[0]} was not found"
-        return f"`{self.command}` exited with status {self.returncode}"
-
-
-def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
-    """Run `argv` (no shell) with stdin closed and a hard `timeout`; never raises for the
-    program's own failure, which the result describes."""
-    started = time.monotonic()
-    try:
-        completed = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as expired:
-        partial = expired.output or b""
-        return CommandResult(tuple(argv), -1, _text(partial), time.monotonic() - started, True)
-    except OSError as error:  # not found, not executable
-        return CommandResult(tuple(argv), 127, f"{argv[0]}: {error.strerror}",
-                             time.monotonic() - started)
-    return CommandResult(tuple(argv), completed.returncode, _text(completed.stdout),
-                         time.monotonic() - started)
-
-
-def _text(data: bytes | str) -> str:
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-
-
-def important_lines(output: str, limit: int = 6) -> str:
-    """The lines of a server's output worth showing in one message: its errors and warnings
-    (nginx `[emerg]`), else its last lines (Apache's `AH00526: Syntax error on line...`)."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    # nginx marks its lines with a level; Apache's syntax errors span two unmarked lines.
-    marked = [line for line in lines
-              if any(level in line for level in ("[emerg]", "[alert]", "[crit]", "[error]"))]
-    return " | ".join((marked or lines)[-limit:])
-
-
-# --- files mamoru owns ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileSnapshot:
-    """A file as it was before deploy: its bytes and mode, or None when it did not exist."""
-
-    path: str
-    previous: bytes | None
-    mode: int | None
-
-
-@dataclass(frozen=True)
-class IncludeLine:
-    """A line the user's own config needs (include mode): `line` includes `path` for `purpose`
-    ("tls": the HTTPS server block; "redirect": the plain-HTTP one), `where` says where."""
-
-    path: str
-    line: str
-    where: str
-    purpose: str
-
-    def __str__(self) -> str:
-        return f"`{self.line}` {self.where}"
-
-
-@dataclass
-class Deployment:
-    """What one deploy changed, so `rollback` can put it back, and what the user must do
-    (`includes`: the exact lines the user's own config needs, in include mode)."""
-
-    site: str
-    files: list[str] = field(default_factory=list)
-    snapshots: list[FileSnapshot] = field(default_factory=list)
-    includes: list[IncludeLine] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-def is_mamoru_file(path: str) -> bool:
-    """True when `path` exists and starts with mamoru's header mark."""
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(200)
-    except OSError:
-        return False
-    return first.decode("utf-8", "replace").startswith(HEADER_MARK)
-
-
-def snapshot(path: str) -> FileSnapshot:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-            mode = os.fstat(handle.fileno()).st_mode & 0o7777
-    except FileNotFoundError:
-        return FileSnapshot(path, None, None)
-    except OSError as error:
-        raise StorageError(f"cannot read {path}: {error.strerror}") from None
-    return FileSnapshot(path, data, mode)
-
-
-def write_owned(files: dict[str, str], site: str) -> Deployment:
-    """Write every file of `files` (path -> text) atomically, all or nothing.
-
-    Refuses (InstallRefused) before writing anything when a path holds a file that does not
-    start with the header mark, or when its directory does not exist. Generated files are 0644:
-    they hold paths and directives, never a key, and the server's workers may need to read
-    them."""
-    for path in files:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            raise InstallRefused(
-                f"the directory {directory} (server.conf_dir) does not exist",
-                hint="Create it, or set server.conf_dir to the directory your web server "
-                     "reads site configs from.")
-        if os.path.lexists(path) and not is_mamoru_file(path):
-            raise InstallRefused(
-                f"{path} exists and was not written by mamoru (it lacks the "
-                f"'{HEADER_MARK}' first line); mamoru never overwrites a file it did not create",
-                hint="Move that file away (or rename it) and run `mamoru provision` again.")
-    deployment = Deployment(site)
-    try:
-        for path, text in files.items():
-            deployment.snapshots.append(snapshot(path))
-            write_file(path, text.encode("utf-8"), 0o644)
-            deployment.files.append(path)
-    except BaseException:
-        restore(deployment)
-        raise
-    return deployment
-
-
-def restore(deployment: Deployment) -> list[str]:
-    """Put every snapshotted file back as it was (remove it when it did not exist). Returns a
-    description of each problem; never raises for one file, so the others are still restored."""
-    problems = []
-    for shot in reversed(deployment.snapshots):
-        try:
-            if shot.previous is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(shot.path)
-            else:
-                write_file(shot.path, shot.previous, shot.mode if shot.mode is not None else 0o644)
-        except (OSError, StorageError) as error:
-            problems.append(f"could not restore {shot.path}: {error}")
-    return problems
+def live_files(live: str) -> tuple[str, str]:
+    """The quoted paths of the certificate chain and the private key in a site's live
+    directory `live`, as the server's config names them (nginx and Apache 2.4.8+ read the
+    intermediates from the certificate's file)."""
+    return quote(os.path.join(live, "fullchain.pem")), quote(os.path.join(live, "privkey.pem"))
 
 
 # --- the seam ---------------------------------------------------------------------------------
 
 
 class Installer(Protocol):
-    """Puts a site's certificate (files under live/<site>/) into a web server.
+    """Puts a site's certificate (the files in its live directory) into a web server.
 
-    One installer serves one site's `server:` settings. The transaction (mamoru.install)
-    calls deploy, then flips live/<site>, then config_test, reload, and on any failure
-    rollback; it holds the site's lock, so an installer never runs twice for one site at once
-    (different sites' installers may run concurrently)."""
+    One installer serves one site's `server:` settings. The transaction calls deploy, then
+    flips the site's live link, then config_test, reload, and on any failure rollback; it holds
+    the site's lock, so an installer never runs twice for one site at once (different sites'
+    installers may run concurrently)."""
 
     kind: str  # nginx | apache | command
+    server_name: str  # how messages name the server: nginx | Apache | the server
 
-    def deploy(self, site: Site, live_dir: str) -> Deployment:
-        """Write the generated config file(s) for `site` (certificate paths under
-        `live_dir/<site>/`) atomically, all or nothing. Returns what to restore.
-        Raises InstallRefused or StorageError, having changed nothing."""
+    def deploy(self, site: Site, live: str) -> Deployment:
+        """Write the generated config file(s) for `site`, whose certificate and key the server
+        reads from the directory `live` (Storage.live_path), atomically, all or nothing.
+        Returns what to restore. Raises InstallRefused or StorageError, having changed
+        nothing."""
         ...
 
     def config_test(self) -> CommandResult:
@@ -270,7 +100,7 @@ class CommandInstaller:
         self.reload_argv = tuple(reload)
         self.timeout = timeout
 
-    def deploy(self, site: Site, live_dir: str) -> Deployment:
+    def deploy(self, site: Site, live: str) -> Deployment:
         return Deployment(site.name)
 
     def config_test(self) -> CommandResult:
@@ -303,49 +133,82 @@ class CommandInstaller:
         return None
 
 
-# --- listen addresses -------------------------------------------------------------------------
+class ConfigWritingInstaller(CommandInstaller):
+    """A server whose config mamoru writes (nginx, Apache), in either mode of `server.mode`:
 
-def listen_address(raw: str) -> tuple[str | None, int]:
-    """`"443"` -> (None, 443) (every address); `"127.0.0.1:8443"` -> ("127.0.0.1", 8443);
-    `"[::1]:443"` -> ("::1", 443). The config loader has already validated the form."""
-    if raw.isdigit():
-        return None, int(raw)
-    parsed = parse_address(raw)
-    if parsed is None:
-        raise InstallRefused(f"{raw!r} is not a port or ADDRESS:PORT")
-    host, port = parsed
-    return (None if host in WILDCARD_HOSTS else host), port
+    - site: one complete file, `mamoru-<site>.conf`, that the server's own `*.conf` glob picks up;
+    - include: `mamoru-<site>-tls.inc` (and, with `redirect: true`, `mamoru-<site>-redirect.inc`)
+      for the user's own blocks to include, and the exact include lines to add, which the
+      deployment carries so messages can name them.
 
+    A subclass supplies the server's words: the site file, the TLS and redirect directives, the
+    include directive and where it goes."""
 
-def https_suffix(site: Site) -> str:
-    """':8443' when the HTTPS server is not on the standard port 443, else ''."""
-    _, port = listen_address(site.server.listen_https)
-    return "" if port == 443 else f":{port}"
+    tls_use = ""  # the header line of the TLS snippet: where to include it
+    redirect_use = ""  # the same for the redirect snippet
 
+    def site_config(self, site: Site, live: str) -> str:
+        """The whole site-mode file."""
+        raise NotImplementedError
 
-# -- the files mamoru owns in server.conf_dir (the same names for every server type) ---------
+    def tls_lines(self, chain: str, key: str) -> list[str]:
+        """The directives that load the certificate `chain` and `key` (quoted paths) and set
+        the protocols and ciphers."""
+        raise NotImplementedError
 
+    def hsts_line(self, max_age: int) -> str:
+        """The directive that sends Strict-Transport-Security with `max_age` seconds."""
+        raise NotImplementedError
 
-def quote(value: str) -> str:
-    """A double-quoted string argument for nginx and Apache configs (paths may hold spaces)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def challenge_lines(self, webroot: str) -> list[str]:
+        """The plain-HTTP block's answer to ACME challenges: files under `webroot`."""
+        raise NotImplementedError
 
+    def redirect_lines(self, https_suffix: str) -> list[str]:
+        """The plain-HTTP block's 301 to https://<host><https_suffix><path>."""
+        raise NotImplementedError
 
-def _owned(site: Site, suffix: str) -> str:
-    assert site.server.conf_dir is not None  # the loader requires it for nginx and apache
-    return os.path.join(site.server.conf_dir, f"mamoru-{site.name}{suffix}")
+    def tls_directives(self, site: Site, live: str) -> list[str]:
+        """The HTTPS block's TLS directives for `site` (certificate in the directory `live`),
+        and HSTS when the site asks for it."""
+        lines = self.tls_lines(*live_files(live))
+        if site.server.hsts:
+            lines.append(self.hsts_line(site.server.hsts))
+        return lines
 
+    def redirect_directives(self, site: Site) -> list[str]:
+        """The plain-HTTP block's body: ACME challenges from the webroot (when the site has
+        one), a 301 to https:// for everything else."""
+        webroot = site.challenge.webroot
+        return ((self.challenge_lines(webroot) if webroot else [])
+                + self.redirect_lines(https_suffix(site)))
 
-def site_file(site: Site) -> str:
-    """Site mode: the whole generated server config."""
-    return _owned(site, ".conf")
+    def include_line(self, path: str) -> str:
+        """The server's directive that includes `path`."""
+        raise NotImplementedError
 
+    def include_where(self, site: Site, purpose: str) -> str:
+        """Where the include line for `purpose` (tls | redirect) goes in the user's config."""
+        raise NotImplementedError
 
-def tls_file(site: Site) -> str:
-    """Include mode: the TLS directives (.inc keeps it out of *.conf globs)."""
-    return _owned(site, "-tls.inc")
+    def files(self, site: Site, live: str) -> dict[str, str]:
+        """path -> text of every file `site` needs."""
+        if site.server.mode != "include":
+            return {site_file(site): self.site_config(site, live)}
+        files = {tls_file(site): header(site, "TLS directives", self.tls_use) + "\n"
+                 + indent(self.tls_directives(site, live), 0)}
+        if site.server.redirect:
+            files[redirect_file(site)] = (header(site, "HTTP->HTTPS redirect", self.redirect_use)
+                                          + "\n" + indent(self.redirect_directives(site), 0))
+        return files
 
-
-def redirect_file(site: Site) -> str:
-    """Include mode: the HTTP->HTTPS redirect snippet."""
-    return _owned(site, "-redirect.inc")
+    def deploy(self, site: Site, live: str) -> Deployment:
+        deployment = write_owned(self.files(site, live), site.name)
+        if site.server.mode == "include":
+            snippets = [("tls", tls_file(site))]
+            if site.server.redirect:
+                snippets.append(("redirect", redirect_file(site)))
+            deployment.includes = [
+                IncludeLine(path, self.include_line(path), self.include_where(site, purpose),
+                            purpose) for purpose, path in snippets]
+        return deployment

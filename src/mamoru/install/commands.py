@@ -1,4 +1,7 @@
-"""Which installer a site gets, and the default test/reload commands for each server type.
+"""Running a web server's commands, and which commands a server type gets by default.
+
+Commands are argv lists (never a shell string), run with stdin closed and a timeout; stdout and
+stderr are kept together because that is where web servers explain themselves.
 
 Defaults: when systemd runs the server, the reload goes through it (`systemctl reload nginx`,
 `apache2` or `httpd`), so the unit's state stays true, and nginx's config test runs through
@@ -6,24 +9,85 @@ PID 1 too (`systemd-run ... nginx -t`): inside mamoru.service's sandbox a direct
 cannot open the pid file, the logs and the ports it checks (see systemd/mamoru.service).
 Otherwise `nginx -t` and `nginx -s reload`. Apache: `apachectl -t` (it only reads files, so it
 works in the sandbox) and, without systemd, `apachectl -k graceful`. Explicit `server.test` /
-`server.reload` always win.
+`server.reload` always win (transaction.installer_for applies them).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from mamoru.config.model import Site
-from mamoru.install.apache import ApacheInstaller
-from mamoru.install.base import CommandInstaller, Installer, run_command
-from mamoru.install.nginx import NginxInstaller
-
+OUTPUT_TAIL = 4000  # characters of a command's output kept in errors and events
 DETECT_TIMEOUT = 5.0
 SYSTEMD_UNITS = {"nginx": ("nginx",), "apache": ("apache2", "httpd")}
 DIRECT_RELOAD = {"nginx": ("nginx", "-s", "reload"), "apache": ("apachectl", "-k", "graceful")}
 DEFAULT_TEST = {"nginx": ("nginx", "-t"), "apache": ("apachectl", "-t")}
+
+
+# --- running a command ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int  # -1 when it timed out, 127 when the program was not found
+    output: str  # stdout and stderr, interleaved as the program wrote them
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv)
+
+    def describe(self) -> str:
+        """`nginx -t` exited with status 1 / timed out after 60 s / was not found."""
+        if self.timed_out:
+            return f"`{self.command}` did not finish within {self.duration:.0f} s"
+        if self.returncode == 127 and not self.output.strip():
+            return f"`{self.command}` could not be run: {self.argv[0]} was not found"
+        return f"`{self.command}` exited with status {self.returncode}"
+
+
+def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
+    """Run `argv` (no shell) with stdin closed and a hard `timeout`; never raises for the
+    program's own failure, which the result describes."""
+    started = time.monotonic()
+    try:
+        completed = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as expired:
+        partial = expired.output or b""
+        return CommandResult(tuple(argv), -1, _text(partial), time.monotonic() - started, True)
+    except OSError as error:  # not found, not executable
+        return CommandResult(tuple(argv), 127, f"{argv[0]}: {error.strerror}",
+                             time.monotonic() - started)
+    return CommandResult(tuple(argv), completed.returncode, _text(completed.stdout),
+                         time.monotonic() - started)
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def important_lines(output: str, limit: int = 6) -> str:
+    """The lines of a server's output worth showing in one message: its errors and warnings
+    (nginx `[emerg]`), else its last lines (Apache's `AH00526: Syntax error on line...`)."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    # nginx marks its lines with a level; Apache's syntax errors span two unmarked lines.
+    marked = [line for line in lines
+              if any(level in line for level in ("[emerg]", "[alert]", "[crit]", "[error]"))]
+    return " | ".join((marked or lines)[-limit:])
+
+
+# --- the default commands per server type ------------------------------------------------------
 
 
 def systemd_running() -> bool:
@@ -45,10 +109,9 @@ def systemd_unit(server_type: str, *, systemd: Callable[[], bool] = systemd_runn
     return None
 
 
-def default_reload(server_type: str, *, systemd: Callable[[], bool] = systemd_running,
-                   active: Callable[[str], bool] = unit_active) -> tuple[str, ...]:
-    """The reload argv for `server_type` (nginx | apache) on this machine."""
-    unit = systemd_unit(server_type, systemd=systemd, active=active)
+def default_reload(server_type: str, unit: str | None) -> tuple[str, ...]:
+    """The reload argv for `server_type` (nginx | apache), through `unit` when systemd runs
+    the server."""
     return ("systemctl", "reload", unit) if unit else DIRECT_RELOAD[server_type]
 
 
@@ -59,24 +122,3 @@ def default_test(server_type: str, unit: str | None) -> tuple[str, ...]:
         return ("systemd-run", "--quiet", "--wait", "--pipe", "--collect",
                 "--service-type=exec", binary, "-t")
     return DEFAULT_TEST[server_type]
-
-
-def installer_for(site: Site, *, systemd: Callable[[], bool] = systemd_running,
-                  active: Callable[[str], bool] = unit_active) -> Installer:
-    """The installer for `site`'s server settings (type nginx, apache or command)."""
-    server = site.server
-    timeout = server.command_timeout
-    if server.type == "command":
-        assert server.reload is not None  # the loader requires it for type command
-        return CommandInstaller(server.test, server.reload, timeout)
-    if server.type not in DEFAULT_TEST:
-        raise ValueError(f"no installer for server type {server.type!r}")
-    unit = None
-    if not (server.test and server.reload):
-        unit = systemd_unit(server.type, systemd=systemd, active=active)
-    test = server.test or default_test(server.type, unit)
-    reload = server.reload or (("systemctl", "reload", unit) if unit
-                               else DIRECT_RELOAD[server.type])
-    if server.type == "nginx":
-        return NginxInstaller(test, reload, timeout)
-    return ApacheInstaller(test, reload, timeout)

@@ -12,7 +12,8 @@ at its next start; the error says so. A site without a server (type none) only g
 live/ link flipped.
 
 The installers (nginx.py, apache.py, base.CommandInstaller) know their server; verify.py knows
-how to prove what a server serves; this module tells the story and keeps the books.
+how to prove what a server serves; this module chooses the installer, tells the story and keeps
+the books. It reaches certificates only through the Storage seam (mamoru.storage.base).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -34,15 +36,20 @@ from mamoru.errors import (
     StorageError,
     VerifyFailed,
 )
-from mamoru.install.base import (
+from mamoru.install.apache import ApacheInstaller
+from mamoru.install.base import CommandInstaller, Installer
+from mamoru.install.commands import (
+    DEFAULT_TEST,
     OUTPUT_TAIL,
-    Deployment,
-    IncludeLine,
-    Installer,
-    InstallRefused,
+    default_reload,
+    default_test,
     important_lines,
+    systemd_running,
+    systemd_unit,
+    unit_active,
 )
-from mamoru.install.commands import installer_for
+from mamoru.install.files import Deployment, IncludeLine, InstallRefused
+from mamoru.install.nginx import NginxInstaller
 from mamoru.install.verify import (
     VerifyReport,
     leaf_der,
@@ -51,7 +58,8 @@ from mamoru.install.verify import (
     wait_until_served,
 )
 from mamoru.observe.events import Events
-from mamoru.storage import CertVersion, FileStorage
+from mamoru.storage.base import Storage
+from mamoru.storage.lineage import CertVersion
 
 __all__ = ["InstallRefused", "InstallResult", "Installer", "install", "installer_for",
            "served_matches"]
@@ -65,7 +73,6 @@ class InstallResult:
     installed: bool
     verified: bool
     timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -75,27 +82,53 @@ class ListsIncludes(Protocol):
     def included_files(self) -> set[str] | None: ...
 
 
-def install(site: Site, version: CertVersion, storage: FileStorage, events: Events, *,
-            stop: threading.Event | None = None, installer: Installer | None = None
-            ) -> InstallResult:
+@runtime_checkable
+class KnowsKeyMode(Protocol):
+    """Optional storage capability: the mode it gives private keys (0640 with a key group)."""
+
+    key_mode: int
+
+
+def installer_for(site: Site, *, systemd: Callable[[], bool] = systemd_running,
+                  active: Callable[[str], bool] = unit_active) -> Installer:
+    """The installer for `site`'s server settings (type nginx, apache or command): explicit
+    `server.test` / `server.reload` argv, else the defaults for this machine (commands.py)."""
+    server = site.server
+    timeout = server.command_timeout
+    if server.type == "command":
+        assert server.reload is not None  # the loader requires it for type command
+        return CommandInstaller(server.test, server.reload, timeout)
+    if server.type not in DEFAULT_TEST:
+        raise ValueError(f"no installer for server type {server.type!r}")
+    unit = None
+    if not (server.test and server.reload):
+        unit = systemd_unit(server.type, systemd=systemd, active=active)
+    test = server.test or default_test(server.type, unit)
+    reload = server.reload or default_reload(server.type, unit)
+    if server.type == "nginx":
+        return NginxInstaller(test, reload, timeout)
+    return ApacheInstaller(test, reload, timeout)
+
+
+def install(site: Site, version: CertVersion, storage: Storage, events: Events, *,
+            stop: threading.Event | None = None) -> InstallResult:
     """Make `version` the site's live certificate and, with a server, prove it is served.
 
     Holds no lock itself: the caller holds the site's lock. On failure everything is put back
     as it was and an InstallError (ConfigTestFailed, ReloadFailed, VerifyFailed,
     InstallRefused), a StorageError, or Cancelled (when `stop` was set during verification) is
-    raised. `installer` overrides the one the site's settings choose (tests)."""
+    raised."""
     if site.server.type == "none":
         previous = storage.activate(version)
         events.emit("installed", site.name, f"live/{site.name} now points at version "
                     f"{version.name}", version=version.number, serial=version.meta.get("serial"),
                     previous=previous.meta.get("serial") if previous else None)
         return InstallResult(installed=True, verified=False)
-    return _Transaction(site, version, storage, events, installer or installer_for(site),
-                        stop).run()
+    return _Transaction(site, version, storage, events, installer_for(site), stop).run()
 
 
 class _Transaction:
-    def __init__(self, site: Site, version: CertVersion, storage: FileStorage, events: Events,
+    def __init__(self, site: Site, version: CertVersion, storage: Storage, events: Events,
                  installer: Installer, stop: threading.Event | None) -> None:
         self.site, self.version, self.storage, self.events = site, version, storage, events
         self.installer = installer
@@ -124,7 +157,7 @@ class _Transaction:
         started = time.monotonic()
         try:
             check_pair(version)
-            self.deployment = installer.deploy(site, self.storage.live_dir)
+            self.deployment = installer.deploy(site, self.storage.live_path(site.name))
             self.previous = self.storage.activate(version)
             self.flipped = True
             self.emit("installed", f"live/{site.name} now points at version {version.name}"
@@ -149,8 +182,7 @@ class _Transaction:
 
             verified = self.verify()
             self.timings["install"] = time.monotonic() - started
-            return InstallResult(installed=True, verified=verified, timings=self.timings,
-                                 notes=list(self.deployment.notes))
+            return InstallResult(installed=True, verified=verified, timings=self.timings)
         except MamoruError as error:
             raise self.undo(error) from None
         except BaseException as error:  # a bug or an interrupt: still put everything back
@@ -209,7 +241,7 @@ class _Transaction:
 
         if kept_new:
             problems.append(f"mamoru kept its new files and live/{self.site.name}: without them "
-                            f"{_display(self.installer.kind)}'s config fails its test (it "
+                            f"{self.installer.server_name}'s config fails its test (it "
                             "includes mamoru's files)")
         if self.deployment is not None or self.flipped:
             live = (f"live/{self.site.name} points at version {self.previous.name} again"
@@ -253,7 +285,7 @@ class _Transaction:
         minutes ago, so it is the one to keep. Returns whether it was restored."""
         again: Deployment | None = None
         try:
-            again = self.installer.deploy(self.site, self.storage.live_dir)
+            again = self.installer.deploy(self.site, self.storage.live_path(self.site.name))
             self.storage.activate(self.version)
             self.installer.config_test()
             return True
@@ -267,7 +299,7 @@ class _Transaction:
 
     def config_failed(self, error: ConfigTestFailed, already_broken: bool, note: str
                       ) -> ConfigTestFailed:
-        name = _display(self.installer.kind)
+        name = self.installer.server_name
         lines = important_lines(error.output) or str(error)
         if already_broken:
             message = (f"{name}'s config is broken even without mamoru's change, so nothing was "
@@ -328,7 +360,8 @@ class _Transaction:
                 why = (f"The {block} answering for these names must include mamoru's TLS "
                        f"file: add {tls}")
             elif tls in missing:
-                why = f"{_display(kind)}'s config does not include {tls.path}: add {tls}"
+                why = (f"{self.installer.server_name}'s config does not include {tls.path}: "
+                       f"add {tls}")
             else:
                 why = (f"The {block} that includes {tls.path} is not the one answering for "
                        f"these names (another {block} with the same names, loaded first?)")
@@ -363,7 +396,7 @@ class _Transaction:
             mode = stat.S_IMODE(os.stat(key).st_mode)
         except OSError:
             return
-        allowed = 0o640 if self.storage.gid is not None else 0o600
+        allowed = self.storage.key_mode if isinstance(self.storage, KnowsKeyMode) else 0o600
         if mode & ~allowed:
             self.emit("warning", f"{key} has mode {mode:o}: others may read the private key "
                       f"(expected {allowed:o}); run `chmod {allowed:o}` on it", level=4)
@@ -392,10 +425,6 @@ def check_pair(version: CertVersion) -> None:
         raise InstallRefused(f"version {version.name} of {version.site}: the private key does "
                              "not belong to the certificate; nothing was changed",
                              hint="Run `mamoru provision --force` for a new certificate.")
-
-
-def _display(kind: str) -> str:
-    return {"nginx": "nginx", "apache": "Apache"}.get(kind, "the server")
 
 
 def _warnings(output: str) -> list[str]:
