@@ -26,20 +26,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mamoru.check.certificate import dns_name_matches, hostname_matches
+from mamoru.check.hsts import parse_hsts
 from mamoru.check.report import (
     CHECK_IDS,
     Finding,
     Status,
     TargetReport,
-    check_url,
-    dns_name_matches,
     exit_code,
-    hostname_matches,
-    normalize_url,
-    parse_hsts,
     render_table,
     to_json,
 )
+from mamoru.check.target import normalize_url
+from mamoru.check.url import check_url
 
 HOST = "clinic.test"
 URL = f"https://{HOST}/"
