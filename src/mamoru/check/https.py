@@ -149,7 +149,13 @@ def check_https(
             findings.append(matches_stored_finding(leaf, expected_cert_pem))
 
     if first is not None:
-        findings.extend(_page_findings(target, address, first, context, budget, timeout))
+        # HSTS from the first answer that sets it; mixed content from the page the same-site
+        # redirects lead to.
+        answers, url, stopped = _follow_page_redirects(
+            target, address, first, context, budget, timeout
+        )
+        findings.append(hsts_finding(_first_header(answers, "Strict-Transport-Security")))
+        findings.append(stopped if stopped is not None else page_finding(answers[-1], url))
     return findings
 
 
@@ -248,29 +254,9 @@ def _verifies_ignoring_time(
     return True
 
 
-def _page_findings(
-    target: Target,
-    address: tuple[str, int],
-    first: Response,
-    context: ssl.SSLContext,
-    budget: Deadline,
-    timeout: float,
-) -> list[Finding]:
-    """HSTS from the first answer that sets it, mixed content from the page the redirects
-    lead to."""
-    responses, url, stopped = _follow_page_redirects(
-        target, address, first, context, budget, timeout
-    )
-    hsts_value = next(
-        (
-            r.header("Strict-Transport-Security")
-            for r in responses
-            if r.header("Strict-Transport-Security") is not None
-        ),
-        None,
-    )
-    page = stopped if stopped is not None else page_finding(responses[-1], url)
-    return [hsts_finding(hsts_value), page]
+def _first_header(responses: list[Response], name: str) -> str | None:
+    """The header ``name`` of the first answer that has it."""
+    return next((r.header(name) for r in responses if r.header(name) is not None), None)
 
 
 def _follow_page_redirects(
