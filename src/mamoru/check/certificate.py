@@ -16,6 +16,7 @@ from mamoru.check.target import is_ip
 
 
 def subject_cn(name: x509.Name) -> str:
+    """The common name of ``name`` (its RFC 4514 form when it has none)."""
     attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if attrs:
         value = attrs[0].value
@@ -95,6 +96,7 @@ def _cert_summary(cert: x509.Certificate) -> dict[str, object]:
 
 
 def date_of(when: dt.datetime) -> str:
+    """``when`` as a date for messages (2025-01-31)."""
     return when.strftime("%Y-%m-%d")
 
 
@@ -103,6 +105,7 @@ def _days(delta: dt.timedelta) -> float:
 
 
 def names_finding(host: str, leaf: x509.Certificate) -> Finding:
+    """``cert.names``: is ``leaf`` valid for ``host`` by the rules browsers apply."""
     names = _cert_names(leaf)
     details: dict[str, object] = {"host": host, "names": names}
     if hostname_matches(host, leaf):
@@ -124,6 +127,7 @@ def names_finding(host: str, leaf: x509.Certificate) -> Finding:
 
 
 def expiry_finding(leaf: x509.Certificate, now: dt.datetime) -> Finding:
+    """``cert.expiry``: the time ``leaf`` has left, judged against its lifetime."""
     not_before = leaf.not_valid_before_utc
     not_after = leaf.not_valid_after_utc
     lifetime = not_after - not_before
@@ -174,6 +178,8 @@ def expiry_finding(leaf: x509.Certificate, now: dt.datetime) -> Finding:
 
 
 def matches_stored_finding(leaf: x509.Certificate, expected_pem: bytes) -> Finding:
+    """``cert.matches-stored``: is ``leaf`` the certificate mamoru stored
+    (the first one in ``expected_pem``)."""
     try:
         expected = x509.load_pem_x509_certificates(expected_pem)[0]
     except (ValueError, IndexError):

@@ -13,6 +13,7 @@ from mamoru.check.report import Finding
 
 
 def load_certs(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The certificates among ``ders`` that parse (DER), in order."""
     certs = []
     for der in ders:
         try:
@@ -23,6 +24,7 @@ def load_certs(ders: Sequence[bytes]) -> list[x509.Certificate]:
 
 
 def chain_ok_finding(chain: list[x509.Certificate], ca_bundle: str | None) -> Finding:
+    """``cert.chain`` when the served chain verified."""
     issuer = subject_cn(chain[0].issuer) if chain else "?"
     return Finding(
         "cert.chain",

@@ -33,6 +33,8 @@ _USER_AGENT = "Mozilla/5.0 (compatible; mamoru-check/0.1)"
 
 @dataclass
 class Response:
+    """One HTTP answer: status, headers in order, and the body when it was read."""
+
     status: int
     reason: str
     headers: list[tuple[str, str]]
@@ -112,6 +114,8 @@ def https_get(
     context: ssl.SSLContext,
     deadline: Deadline,
 ) -> Response:
+    """One GET of ``path`` over a new TLS connection to ``address`` (SNI and Host
+    from ``target``), body read up to PAGE_SIZE_CAP."""
     sock = tls_connect(address, target.host, context, deadline)
     try:
         return exchange(
@@ -122,6 +126,7 @@ def https_get(
 
 
 def http_get(address: tuple[str, int], host: str, path: str, deadline: Deadline) -> Response:
+    """One GET of ``path`` over plain HTTP to ``address`` (Host ``host``), body unread."""
     sock = tcp_connect(address, deadline)
     try:
         return exchange(sock, authority(host, 80, 80), path, deadline, read_body=False)
@@ -178,4 +183,5 @@ NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 def sentence(clause: str) -> str:
+    """``clause`` with a capital first letter."""
     return clause[:1].upper() + clause[1:]

@@ -29,6 +29,7 @@ def parse_hsts(value: str) -> dict[str, object]:
 
 
 def hsts_finding(value: str | None) -> Finding:
+    """``hsts``: the Strict-Transport-Security header ``value`` (None: absent)."""
     fix_add = (
         "Add the header to the HTTPS site, e.g. nginx: add_header "
         'Strict-Transport-Security "max-age=31536000" always; Apache: Header always '

@@ -35,6 +35,7 @@ from mamoru.check.tls import (
 
 
 def tls_version_finding(version: str | None) -> Finding:
+    """``tls.version``: TLS 1.2 and 1.3 are fine, anything older a problem."""
     if version in ("TLSv1.2", "TLSv1.3"):
         return Finding(
             "tls.version", "ok", f"The connection uses {version}.", details={"version": version}
@@ -58,6 +59,8 @@ def check_https(
     timeout: float,
     now: dt.datetime,
 ) -> list[Finding]:
+    """Every HTTPS-side finding for ``target``, connecting to ``address``; within
+    about 3 x ``timeout`` in all."""
     # Several connections may be needed (diagnosis, page redirects); together they get a
     # bounded budget so a slow site cannot stretch the check indefinitely.
     budget = Deadline(timeout * 3)

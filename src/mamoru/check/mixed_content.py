@@ -152,6 +152,7 @@ class _MixedContentParser(html.parser.HTMLParser):
 
 
 def csp_upgrades(policy: str) -> bool:
+    """Whether a Content-Security-Policy asks for upgrade-insecure-requests."""
     return any(
         d.strip().lower().split(" ")[0] == "upgrade-insecure-requests"
         for d in policy.split(";")
@@ -312,6 +313,7 @@ def _ref_detail(ref: InsecureReference) -> dict[str, object]:
 
 
 def is_html(content_type: str | None, body: bytes) -> bool:
+    """Whether an answer is an HTML page (its Content-Type, else how the body starts)."""
     if content_type:
         media = content_type.split(";")[0].strip().lower()
         return media in ("text/html", "application/xhtml+xml")
@@ -320,6 +322,7 @@ def is_html(content_type: str | None, body: bytes) -> bool:
 
 
 def decode_page(body: bytes, content_type: str | None) -> str:
+    """The page as text, in the charset of its Content-Type (UTF-8 otherwise)."""
     charset = "utf-8"
     if content_type:
         match = re.search(r"charset=\"?([\w.:-]+)", content_type, re.IGNORECASE)

@@ -22,6 +22,8 @@ from mamoru.check.tls import Deadline
 
 
 def check_http_redirect(target: Target, address: tuple[str, int], timeout: float) -> Finding:
+    """``http.redirect``: follow ``http://`` for ``target`` (same-host hops
+    too) and judge where it ends."""
     budget = Deadline(timeout * 2)
     expected = target.url
     url = f"http://{authority(target.host, 80, 80)}{target.path}"
@@ -167,6 +169,8 @@ def _judge_redirect(
 
 
 def check_acme_challenge(target: Target, address: tuple[str, int], timeout: float) -> Finding:
+    """``http.acme-challenge``: where a made-up validation path on port 80
+    leads."""
     token = secrets.token_urlsafe(32)
     path = f"/.well-known/acme-challenge/{token}"
     url = f"http://{authority(target.host, 80, 80)}{path}"

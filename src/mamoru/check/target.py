@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Target:
+    """One URL to check, normalised."""
+
     url: str  # normalised https:// URL
     host: str  # ASCII (IDNA) lower-case host, IPv6 without brackets
     port: int  # HTTPS port
@@ -31,6 +33,7 @@ def normalize_url(url: str) -> str:
 
 
 def parse_target(url: str) -> Target:
+    """The :class:`Target` for ``url`` (see :func:`normalize_url`); raises ValueError."""
     raw = url.strip()
     if "://" not in raw:
         raw = "https://" + raw
@@ -53,6 +56,7 @@ def parse_target(url: str) -> Target:
 
 
 def ascii_host(host: str) -> str:
+    """``host`` in lower-case ASCII (IDNA) without a trailing dot; IPs as they are."""
     host = host.strip().rstrip(".").lower()
     if is_ip(host):
         return host
@@ -63,6 +67,7 @@ def ascii_host(host: str) -> str:
 
 
 def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -71,6 +76,8 @@ def is_ip(host: str) -> bool:
 
 
 def authority(host: str, port: int, default_port: int) -> str:
+    """``host[:port]`` as written in a URL or Host header (the port only when not
+    ``default_port``; IPv6 in brackets)."""
     shown = f"[{host}]" if ":" in host else host
     return shown if port == default_port else f"{shown}:{port}"
 
@@ -81,6 +88,8 @@ _PATH_SAFE = "".join(chr(c) for c in range(33, 127))
 
 
 def request_target(path: str, query: str = "") -> str:
+    """``path`` (and ``?query``) as sent in a request line: printable ASCII kept,
+    everything else percent-encoded."""
     if not path.startswith("/"):
         path = "/" + path
     target = urllib.parse.quote(path, safe=_PATH_SAFE)
@@ -90,6 +99,7 @@ def request_target(path: str, query: str = "") -> str:
 
 
 def same_host(a: str | None, b: str) -> bool:
+    """Whether host ``a`` (as written, may be None) is ``b`` (ASCII form)."""
     if not a:
         return False
     try:
@@ -99,4 +109,5 @@ def same_host(a: str | None, b: str) -> bool:
 
 
 def www_variant(a: str, b: str) -> bool:
+    """Whether one name is the other with ``www.`` in front."""
     return a == "www." + b or b == "www." + a
