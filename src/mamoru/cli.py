@@ -337,7 +337,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mamoru.check.report import check_url, exit_code, render_table, to_json
+    from mamoru.check.report import exit_code, render_table, to_json
+    from mamoru.check.url import check_url
     from mamoru.errors import UsageError
     from mamoru.netaddr import parse_address
 

@@ -143,7 +143,10 @@ def test_good_site_is_all_ok(world: dict[str, Any]) -> None:
     code, findings, table = check(world, "good.example", "--strict")
     assert code == 0, findings
     assert problems(findings, "warning") == set() and problems(findings) == set()
-    assert "max-age" in findings["hsts"]["message"] or findings["hsts"]["details"]
+    hsts = findings.get("hsts")
+    assert hsts is not None, f"no hsts finding: {findings}"
+    assert hsts["status"] == "ok" and hsts["details"]["max_age"] == 31536000, hsts
+    assert "max-age=31536000" in hsts["message"], hsts["message"]
     assert "✓" in table and "✗" not in table
 
 

@@ -1,14 +1,10 @@
-"""mamoru check against real sockets: small HTTPS/HTTP servers on 127.0.0.1 with a test PKI.
-
-Every server here is a thread in this process; nothing in ssl or socket is mocked. The URL host
-is always ``clinic.test`` and ``connect``/``http_connect`` aim the connections at 127.0.0.1,
-which is exactly how the CLI's ``--connect`` works against a real server.
+"""mamoru check against real sockets: whole sites, the plain-HTTP side, HSTS and mixed content
+over HTTPS, and broken servers (every failure a finding, within the timeout). The PKI and the
+apps the servers run are in check_sites.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import http.server
 import json
 import socket
 import ssl
@@ -17,263 +13,51 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.unit.check_sites import (
+    DAY,
+    GOOD_PAGE,
+    HOST,
+    HSTS_YEAR,
+    NOT_FOUND,
+    NOW,
+    PKI,
+    URL,
+    App,
+    AppServer,
+    Issued,
+    Reply,
+    closed_port,
+    finding,
+    good_https,
+    make_leaf,
+    make_pki,
+    page,
+    redirect_http,
+    statuses,
+)
 
 from mamoru.check.report import (
     CHECK_IDS,
-    Finding,
-    Status,
     TargetReport,
-    check_url,
-    dns_name_matches,
     exit_code,
-    hostname_matches,
-    normalize_url,
-    parse_hsts,
     render_table,
     to_json,
 )
-
-HOST = "clinic.test"
-URL = f"https://{HOST}/"
-NOW = dt.datetime.now(dt.UTC)
-DAY = dt.timedelta(days=1)
-
-# --------------------------------------------------------------------------------------------
-# A test PKI: root -> intermediate -> leaves
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(cn: str, issuer: Issued | None = None) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
-    signer = issuer.key if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer.cert.subject if issuer else _name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - 365 * DAY)
-        .not_valid_after(NOW + 3650 * DAY)
-        .add_extension(
-            x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
-        )
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    return Issued(builder.sign(signer, hashes.SHA256()), key)
-
-
-def make_leaf(
-    names: list[str],
-    issuer: Issued | None,
-    *,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-) -> Issued:
-    """A server certificate; issuer None makes it self-signed."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(issuer.cert.subject if issuer else _name(names[0]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or NOW - 30 * DAY)
-        .not_valid_after(not_after or NOW + 60 * DAY)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-            critical=False,
-        )
-    return Issued(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
-
-
-@dataclass
-class PKI:
-    root: Issued
-    intermediate: Issued
-    good: Issued
-    expired: Issued
-    other_name: Issued
-    self_signed: Issued
-    other_root: Issued
-    dir: Path
-
-    @property
-    def bundle(self) -> str:
-        return str(self.dir / "root.pem")
-
-    @property
-    def other_bundle(self) -> str:
-        return str(self.dir / "other-root.pem")
+from mamoru.check.url import check_url
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    root = make_ca("Mamoru Test Root")
-    intermediate = make_ca("Mamoru Test Intermediate R1", root)
-    directory = tmp_path_factory.mktemp("pki")
-    other_root = make_ca("Somebody Else's Root")
-    (directory / "root.pem").write_bytes(root.pem)
-    (directory / "other-root.pem").write_bytes(other_root.pem)
-    return PKI(
-        root=root,
-        intermediate=intermediate,
-        # 90-day lifetime, 60 days left: comfortably "ok".
-        good=make_leaf([HOST, f"www.{HOST}"], intermediate),
-        expired=make_leaf(
-            [HOST], intermediate, not_before=NOW - 100 * DAY, not_after=NOW - 10 * DAY
-        ),
-        other_name=make_leaf(["other.test", "www.other.test"], intermediate),
-        self_signed=make_leaf([HOST], None),
-        other_root=other_root,
-        dir=directory,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Servers
-# --------------------------------------------------------------------------------------------
-
-Reply = tuple[int, list[tuple[str, str]], bytes]
-App = Callable[[str, str], Reply]  # (path, Host header) -> reply
-
-GOOD_PAGE = b"""<!doctype html><html><head><title>Clinic</title>
-<link rel="stylesheet" href="/style.css"><script src="https://cdn.example/app.js"></script>
-</head><body><img src="/logo.png"><form action="/book" method="post"></form></body></html>"""
-
-HSTS_YEAR = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-
-
-def page(body: bytes = GOOD_PAGE, *headers: tuple[str, str]) -> App:
-    """An HTTPS app answering every path with ``body`` (HTML) and ``headers``."""
-
-    def app(path: str, host: str) -> Reply:
-        return 200, [("Content-Type", "text/html; charset=utf-8"), *headers], body
-
-    return app
-
-
-def good_https(path: str, host: str) -> Reply:
-    return page(GOOD_PAGE, HSTS_YEAR)(path, host)
-
-
-def redirect_http(
-    status: int = 301,
-    *,
-    to: str | None = None,
-    keep_path: bool = True,
-    challenge: Reply | None = None,
-) -> App:
-    """A port-80 app: redirect to https (or ``to``), answer ACME paths with ``challenge``."""
-
-    def app(path: str, host: str) -> Reply:
-        if path.startswith("/.well-known/acme-challenge/") and challenge is not None:
-            return challenge
-        target = to if to is not None else f"https://{host}" + (path if keep_path else "/")
-        return status, [("Location", target)], b""
-
-    return app
-
-
-NOT_FOUND: Reply = (404, [("Content-Type", "text/plain")], b"not found")
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _AppServer
-
-    def do_GET(self) -> None:
-        status, headers, body = self.server.app(self.path, self.headers.get("Host", ""))
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _AppServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, app: App, context: ssl.SSLContext | None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.app = app
-        self.context = context
-
-    def get_request(self) -> tuple[socket.socket, object]:
-        sock, addr = super().get_request()
-        if self.context is not None:
-            # The handshake then happens in the handler thread, on first read, so a client
-            # that aborts it cannot stall the accept loop.
-            sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients rejecting our test certificates is the point of several tests.
-        pass
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[str, int]]]:
     """Start an app server; returns its (address, port). Pass ``chain`` for HTTPS."""
-    servers: list[_AppServer] = []
+    servers: list[AppServer] = []
 
     def start(
         app: App,
@@ -288,7 +72,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[str, int]]]:
             certfile.write_bytes(b"".join(c.pem for c in chain))
             keyfile.write_bytes((key or chain[0]).key_pem)
             context.load_cert_chain(certfile, keyfile)
-        server = _AppServer(app, context)
+        server = AppServer(app, context)
         threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
@@ -333,23 +117,6 @@ def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None] | None], 
     stop.set()
     for listener in listeners:
         listener.close()
-
-
-def closed_port() -> tuple[str, int]:
-    """A port on 127.0.0.1 where nothing listens (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return "127.0.0.1", sock.getsockname()[1]
-
-
-def statuses(report: TargetReport) -> dict[str, str]:
-    return {f.check: f.status for f in report.findings}
-
-
-def finding(report: TargetReport, check: str) -> Finding:
-    found = report.get(check)
-    assert found is not None, f"no {check} finding in {statuses(report)}"
-    return found
 
 
 @pytest.fixture
@@ -827,132 +594,3 @@ def test_bad_inputs_raise_value_error(tmp_path: Path) -> None:
         check_url("ftp://clinic.test/")
     with pytest.raises(ValueError, match="CA bundle"):
         check_url(URL, ca_bundle=str(tmp_path / "missing.pem"))
-
-
-# --------------------------------------------------------------------------------------------
-# Pure helpers
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ("clinic.test", "https://clinic.test/"),
-        ("Clinic.Test.", "https://clinic.test/"),
-        ("http://clinic.test/a?b=c", "https://clinic.test/a?b=c"),
-        ("http://clinic.test:8080/", "https://clinic.test/"),
-        ("https://clinic.test:8443/x y", "https://clinic.test:8443/x%20y"),
-        ("https://bücher.example/", "https://xn--bcher-kva.example/"),
-        ("https://[::1]:8443/", "https://[::1]:8443/"),
-    ],
-)
-def test_normalize_url(given: str, expected: str) -> None:
-    assert normalize_url(given) == expected
-
-
-@pytest.mark.parametrize(
-    ("pattern", "host", "matches"),
-    [
-        ("clinic.test", "clinic.test", True),
-        ("CLINIC.test.", "clinic.TEST", True),
-        ("*.clinic.test", "www.clinic.test", True),
-        ("*.clinic.test", "clinic.test", False),
-        ("*.clinic.test", "a.b.clinic.test", False),
-        ("*.test", "clinic.test", False),
-        ("w*.clinic.test", "www.clinic.test", False),
-        ("www.*.test", "www.clinic.test", False),
-        ("clinic.test", "127.0.0.1", False),
-        ("other.test", "clinic.test", False),
-    ],
-)
-def test_dns_name_matches(pattern: str, host: str, matches: bool) -> None:
-    assert dns_name_matches(pattern, host) is matches
-
-
-def test_hostname_matches_uses_san_only(pki: PKI) -> None:
-    assert hostname_matches("www.clinic.test", pki.good.cert)
-    assert not hostname_matches("other.test", pki.good.cert)
-    # A certificate whose only name is the subject CN: browsers refuse it.
-    key = ec.generate_private_key(ec.SECP256R1())
-    cn_only = (
-        x509.CertificateBuilder()
-        .subject_name(_name(HOST))
-        .issuer_name(_name(HOST))
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(NOW - DAY)
-        .not_valid_after(NOW + DAY)
-        .sign(key, hashes.SHA256())
-    )
-    assert not hostname_matches(HOST, cn_only)
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        (
-            "max-age=31536000; includeSubDomains; preload",
-            {"max_age": 31536000, "include_subdomains": True, "preload": True},
-        ),
-        ('MAX-AGE="600"', {"max_age": 600, "include_subdomains": False, "preload": False}),
-        ("includeSubDomains", {"max_age": None, "include_subdomains": True, "preload": False}),
-        ("max-age=soon", {"max_age": None, "include_subdomains": False, "preload": False}),
-    ],
-)
-def test_parse_hsts(header: str, expected: dict[str, object]) -> None:
-    assert parse_hsts(header) == expected
-
-
-def _report(*pairs: tuple[str, Status]) -> TargetReport:
-    return TargetReport(
-        URL,
-        HOST,
-        [
-            Finding(check, status, f"{check} says {status}", "" if status == "ok" else "do it")
-            for check, status in pairs
-        ],
-    )
-
-
-def test_exit_code() -> None:
-    ok = _report(("hsts", "ok"))
-    warn = _report(("hsts", "warning"))
-    bad = _report(("cert.expiry", "problem"), ("hsts", "warning"))
-    assert exit_code([ok], strict=True) == 0
-    assert exit_code([ok, warn], strict=False) == 0
-    assert exit_code([ok, warn], strict=True) == 1
-    assert exit_code([warn, bad], strict=False) == 2
-    assert exit_code([], strict=True) == 0
-    assert (ok.worst, warn.worst, bad.worst) == ("ok", "warning", "problem")
-    assert TargetReport(URL, HOST).worst == "ok"
-
-
-def test_render_table_marks_and_fixes() -> None:
-    text = render_table(
-        [_report(("https.reachable", "ok"), ("hsts", "warning"), ("cert.expiry", "problem"))]
-    )
-    lines = text.splitlines()
-    assert lines[0] == f"{URL}  [1 problem, 1 warning]"
-    assert lines[1].startswith("  ✓ https.reachable")
-    assert lines[2].startswith("  ! hsts")
-    assert lines[3].strip() == "Fix: do it"
-    assert lines[4].startswith("  ✗ cert.expiry")
-    assert text.endswith("\n")
-    assert all(len(line) <= 100 for line in lines)
-
-
-def test_to_json_worst_over_targets() -> None:
-    data = to_json([_report(("hsts", "ok")), _report(("hsts", "warning"))])
-    assert data["worst"] == "warning"
-    targets = data["targets"]
-    assert isinstance(targets, list)
-    assert [t["worst"] for t in targets] == ["ok", "warning"]
-    assert targets[1]["findings"] == [
-        {
-            "check": "hsts",
-            "status": "warning",
-            "message": "hsts says warning",
-            "fix": "do it",
-            "details": {},
-        }
-    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mamoru.check.report import (
+from mamoru.check.mixed_content import (
     MAX_LISTED,
     InsecureReference,
     MixedContentScan,

@@ -1,4 +1,5 @@
-"""Run `mamoru.check.report` for configured sites: every name, against the stored certificate.
+"""Run `mamoru.check.url.check_url` for configured sites: every name, against the stored
+certificate.
 
 Used by `mamoru check SITE` and, after every install, by the pipeline (its result becomes a
 `check` event, so it reaches the event log and alerts).
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from mamoru.check.report import TargetReport, check_url
+from mamoru.check.report import TargetReport
+from mamoru.check.url import check_url
 from mamoru.config.model import Site
 from mamoru.netaddr import connect_address
 from mamoru.storage import CertVersion

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mamoru.check.tls import served_leaf
 from mamoru.config.model import Site
 from mamoru.netaddr import connect_address
 from mamoru.storage import CertVersion
@@ -71,15 +72,12 @@ class Served:
 
 def fetch_leaf(address: tuple[str, int], name: str, timeout: float = HANDSHAKE_TIMEOUT
                ) -> Served:
-    """One TLS handshake to `address` with SNI `name`; never raises."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # compared byte for byte below, not trusted
+    """One TLS handshake to `address` with SNI `name` (the probe of `mamoru check`, so
+    connecting and the handshake together end within `timeout`); never raises. The leaf is
+    not trusted, only compared byte for byte."""
     try:
-        with socket.create_connection(address, timeout=timeout) as raw, \
-                context.wrap_socket(raw, server_hostname=sni_name(name)) as tls:
-            der = tls.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError) as error:
+        der = served_leaf(address, sni_name(name), timeout)
+    except OSError as error:
         return Served(name, None, _reason(error))
     if not der:
         return Served(name, None, "the server sent no certificate")
@@ -125,8 +123,9 @@ class VerifyReport:
         return not self.mismatched
 
 
-def check_names(address: tuple[str, int], names: Sequence[str], expected: bytes,
-                timeout: float = HANDSHAKE_TIMEOUT) -> dict[str, Served]:
+def fetch_leaves(address: tuple[str, int], names: Sequence[str],
+                 timeout: float = HANDSHAKE_TIMEOUT) -> dict[str, Served]:
+    """One handshake per name, in turn: what each name serves right now."""
     return {name: fetch_leaf(address, name, timeout) for name in names}
 
 
@@ -183,5 +182,5 @@ def served_matches(site: Site, version: CertVersion) -> bool | None:
     if address is None:
         return None
     expected = leaf_der(version.read("cert.pem"))
-    served = check_names(address, site.domains, expected)
+    served = fetch_leaves(address, site.domains)
     return all(s.der == expected for s in served.values())

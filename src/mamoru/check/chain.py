@@ -1,0 +1,137 @@
+"""Why a served chain does not verify, in words (finding ``cert.chain``): expired or not yet
+valid, self-signed, missing intermediate, unknown issuer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+
+from mamoru.check.certificate import date_of, subject_cn
+from mamoru.check.report import Finding
+
+
+def load_certs(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The certificates among ``ders`` that parse (DER), in order."""
+    certs = []
+    for der in ders:
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            continue
+    return certs
+
+
+def chain_ok_finding(chain: list[x509.Certificate], ca_bundle: str | None) -> Finding:
+    """``cert.chain`` when the served chain verified."""
+    issuer = subject_cn(chain[0].issuer) if chain else "?"
+    return Finding(
+        "cert.chain",
+        "ok",
+        f"The certificate chain is trusted (issued by {issuer}).",
+        details={
+            "trust_store": ca_bundle or "system",
+            "served_chain": [c.subject.rfc4514_string() for c in chain],
+        },
+    )
+
+
+def chain_problem_finding(
+    code: int,
+    verify_message: str,
+    chain: list[x509.Certificate],
+    ca_bundle: str | None,
+    now: dt.datetime,
+    otherwise_ok: bool | None,
+) -> Finding:
+    """Explain a failed verification in words, using what the server actually sent."""
+    details: dict[str, object] = {
+        "verify_code": code,
+        "verify_message": verify_message,
+        "trust_store": ca_bundle or "system",
+        "served_chain": [c.subject.rfc4514_string() for c in chain],
+    }
+    leaf = chain[0] if chain else None
+    issuer = subject_cn(leaf.issuer) if leaf is not None else "its issuer"
+    store = f"the CA bundle {ca_bundle}" if ca_bundle else "this computer's trusted authorities"
+    if otherwise_ok is not None:
+        details["chain_otherwise_ok"] = otherwise_ok
+    # OpenSSL X509_V_ERR_* codes, see openssl/x509_vfy.h.
+    if code in (9, 10):
+        expired = [c for c in chain if c.not_valid_after_utc < now]
+        early = [c for c in chain if c.not_valid_before_utc > now]
+        if code == 9 or (early and not expired):
+            details["reason"] = "not-yet-valid"
+            return Finding(
+                "cert.chain",
+                "problem",
+                "Browsers reject the certificate because it is not valid yet.",
+                "Check the server's clock (timedatectl) and that it serves the certificate "
+                "you expect.",
+                details,
+            )
+        details["reason"] = "expired"
+        if expired and expired[0] is not leaf:
+            who = f"The intermediate certificate {subject_cn(expired[0].subject)!r}"
+            fix = (
+                "Install the current chain file (fullchain.pem) from mamoru's certificate "
+                "directory and reload the web server."
+            )
+        else:
+            who = "The certificate"
+            fix = (
+                "Renew the certificate (mamoru renew) and reload the web server; then find "
+                "out why automatic renewal did not happen (mamoru status, the service log)."
+            )
+        when = f" on {date_of(expired[0].not_valid_after_utc)}" if expired else ""
+        extra = "" if otherwise_ok in (None, True) else " The chain has other faults as well."
+        return Finding(
+            "cert.chain",
+            "problem",
+            f"{who} expired{when}, so browsers refuse the site.{extra}",
+            fix,
+            details,
+        )
+    if code == 18 or (leaf is not None and len(chain) == 1 and leaf.issuer == leaf.subject):
+        details["reason"] = "self-signed"
+        return Finding(
+            "cert.chain",
+            "problem",
+            "The certificate is self-signed: browsers warn every patient that the site is "
+            "not safe.",
+            "Serve a certificate from a public authority (the one mamoru obtains) instead of "
+            "the self-signed placeholder, and reload the web server.",
+            details,
+        )
+    if code in (2, 20, 21) and len(chain) == 1:
+        details["reason"] = "incomplete-chain"
+        return Finding(
+            "cert.chain",
+            "problem",
+            f"The server sends only its own certificate, without the intermediate certificate "
+            f"of {issuer!r} that links it to a trusted authority. Some browsers and phones "
+            "will refuse the site.",
+            "Point the web server at the full chain file (fullchain.pem), not the bare "
+            "certificate (cert.pem), and reload it.",
+            details,
+        )
+    if code in (2, 19, 20, 21):
+        details["reason"] = "unknown-issuer"
+        root = subject_cn(chain[-1].issuer) if chain else issuer
+        return Finding(
+            "cert.chain",
+            "problem",
+            f"The certificate was issued by {root!r}, which is not among {store}.",
+            "Use a certificate from a publicly trusted authority (or, for an internal "
+            "authority, install its root certificate on every device and pass --ca-bundle).",
+            details,
+        )
+    details["reason"] = "other"
+    return Finding(
+        "cert.chain",
+        "problem",
+        f"Browsers would reject the certificate: {verify_message}.",
+        "Replace the certificate with one freshly issued by mamoru and reload the web server.",
+        details,
+    )
