@@ -4,6 +4,10 @@ Loading is "load or register" in one step: newAccount with the stored key return
 account, so a CA that lost our account (a test CA restarted, say) is handled like a first run.
 A corrupt key file is moved aside and a new account registered, so state damage never turns
 into a loop of failures.
+
+When the CA refuses the account later (`AccountGone`: it forgot it, or it was deactivated),
+`replace_account` moves the key and account.json aside (never deleted: `*.gone-<time>`) and
+registers a new account with a new key, since a CA refuses a deactivated account's key for ever.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def load_or_create_key(directory: str) -> tuple[PrivateKey, bool]:
 
 
 def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:
-    """Load or register the account for `acme.directory` on `session`. Returns its URL."""
+    """Load or register the account for `acme.directory` on `session`. Returns its URL.
+    Raises `AccountGone` when the stored key's account is deactivated."""
     directory = account_dir(state_dir, acme.directory)
     key, created = load_or_create_key(directory)
     eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
@@ -69,3 +74,26 @@ def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> st
     if not same or created:
         write_file(info_path, json.dumps(info, indent=2).encode(), mode=0o600)
     return url
+
+
+def replace_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:
+    """Move the stored account aside and register a new one (new key) on `session`.
+    The old key and account.json stay next to the new ones with a `.gone-<unix time>` suffix.
+    Returns the new account's URL."""
+    directory = account_dir(state_dir, acme.directory)
+    ensure_dir(directory, 0o700)
+    stamp = int(time.time())
+    for name in ("key.pem", "account.json"):
+        path = os.path.join(directory, name)
+        aside = f"{path}.gone-{stamp}"
+        suffix = 1
+        while os.path.exists(aside):  # two replacements within a second keep both
+            aside = f"{path}.gone-{stamp}-{suffix}"
+            suffix += 1
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            continue
+        log.warning("ACME account file %s moved to %s (the CA no longer accepts the account)",
+                    path, aside)
+    return open_account(session, acme, state_dir)

@@ -43,7 +43,7 @@ from mamoru.errors import (
     IssuanceError,
     OrderFailed,
 )
-from mamoru.protocol.errors import ACME_ERROR, parse_retry_after, problem_error
+from mamoru.protocol.errors import ACME_ERROR, AccountGone, parse_retry_after, problem_error
 from mamoru.protocol.jws import AccountSigner, b64
 from mamoru.protocol.keys import PrivateKey
 from mamoru.protocol.transport import ConnectionPool, Response
@@ -85,6 +85,25 @@ class Order:
         )
 
 
+@dataclass
+class PollState:
+    """One polling loop's own state (one order's authorizations, or its finalization)."""
+
+    retry_after: datetime | None = None
+
+
+def _account_refused(error: IssuanceError) -> bool:
+    """The CA refused a request signed with our account because the account is gone:
+    unknown to it (accountDoesNotExist) or deactivated/revoked (RFC 8555 §7.3.6 answers
+    those with `unauthorized`; the detail names the status)."""
+    if isinstance(error, AccountGone):
+        return True
+    if error.problem_type != ACME_ERROR + "unauthorized":
+        return False
+    detail = (error.detail or "").lower()
+    return "account" in detail and ("deactivated" in detail or "revoked" in detail)
+
+
 class AcmeSession:
     """A connection to one ACME CA, shared by every order of one run (thread-safe).
 
@@ -115,8 +134,16 @@ class AcmeSession:
         self.http = ConnectionPool(ca_bundle=ca_bundle, timeout=timeout, max_idle=pool_size + 2,
                                    headers={"User-Agent": USER_AGENT})
         self.account_url: str | None = None
+        # Counters shared by every order's thread: changed only under `_count_lock`, so
+        # they stay exact however many orders run at once.
+        self._count_lock = threading.Lock()
         self.requests_made = 0
         self.bad_nonces = 0
+
+    def _count(self, *, requests: int = 0, bad_nonces: int = 0) -> None:
+        with self._count_lock:
+            self.requests_made += requests
+            self.bad_nonces += bad_nonces
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -127,7 +154,7 @@ class AcmeSession:
         last: Exception | None = None
         for attempt in range(TRANSPORT_TRIES):
             try:
-                self.requests_made += 1
+                self._count(requests=1)
                 return self.http.request(method, url, body, headers)
             except ssl.SSLCertVerificationError as error:
                 raise CAUnavailable(
@@ -206,8 +233,12 @@ class AcmeSession:
             error = self._problem(response, context)
             if error.problem_type == ACME_ERROR + "badNonce":
                 log.debug("badNonce from %s; retrying with a fresh nonce", url)
-                self.bad_nonces += 1
+                self._count(bad_nonces=1)
                 continue
+            if use_kid and _account_refused(error) and not isinstance(error, AccountGone):
+                raise AccountGone.from_error(error, self.account_url) from None
+            if isinstance(error, AccountGone):
+                error.account_url = error.account_url or self.account_url
             raise error
         raise BadNonceExhausted(
             f"{context + ': ' if context else ''}the CA rejected {BAD_NONCE_TRIES} nonces in a "
@@ -296,6 +327,15 @@ class AcmeSession:
         url = response.headers.get("Location")
         if not url:
             raise CAUnavailable("the CA created an account but sent no Location header")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        status = body.get("status") if isinstance(body, dict) else None
+        if status in ("deactivated", "revoked"):
+            # newAccount found the key's account, but it can sign nothing any more.
+            raise AccountGone(f"registering the account: the CA says account {url} is "
+                              f"{status}", account_url=url, why=f"account {status}")
         self.account_url = url
         return url
 
@@ -335,10 +375,14 @@ class AcmeSession:
             raise self._problem(response, context)
         return response
 
-    def get(self, url: str, context: str = "") -> dict[str, Any]:
+    def get(self, url: str, context: str = "", poll: PollState | None = None
+            ) -> dict[str, Any]:
+        """POST-as-GET of a CA resource. With `poll`, the answer's Retry-After is kept in
+        that one polling loop's state (never in the session, which other orders share)."""
         response = self.post(url, None, context=context)
         body = response.json()
-        self._last_retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if poll is not None:
+            poll.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return body if isinstance(body, dict) else {}
 
     def pending_challenges(self, order: Order, challenge_type: str = "http-01"
@@ -375,11 +419,11 @@ class AcmeSession:
         pending = {t.identifier: t for t in tasks}
         remaining = list(by_url)
 
-        def check() -> bool:
+        def check(poll: PollState) -> bool:
             nonlocal remaining
             still = []
             for url in remaining:
-                authz = self.get(url, "checking an authorization")
+                authz = self.get(url, "checking an authorization", poll)
                 status = authz.get("status")
                 name = str(authz.get("identifier", {}).get("value", ""))
                 if status == "valid":
@@ -417,7 +461,7 @@ class AcmeSession:
         body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
         state = {"body": body}
 
-        def ready() -> bool:
+        def ready(poll: PollState) -> bool:
             status = state["body"].get("status")
             if status == "valid" and state["body"].get("certificate"):
                 return True
@@ -425,7 +469,7 @@ class AcmeSession:
                 raise problem_error(state["body"].get("error") or {}, status=None,
                                     retry_after=None, url=order.url,
                                     context="the order became invalid")
-            state["body"] = self.get(order.url, "checking the order")
+            state["body"] = self.get(order.url, "checking the order", poll)
             return False
 
         self._poll(ready, deadline, "waiting for the certificate")
@@ -434,16 +478,18 @@ class AcmeSession:
                              context="downloading the certificate")
         return response.content
 
-    def _poll(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+    def _poll(self, done: Callable[[PollState], bool], deadline: float, what: str) -> None:
+        """Call `done(poll)` until it is true. `poll` belongs to this loop alone: the
+        Retry-After of its own answers steers its waits, whatever other orders hear."""
         delay = POLL_FIRST
-        self._last_retry_after = None
-        while not done():
+        poll = PollState()
+        while not done(poll):
             now = time.monotonic()
             if now >= deadline:
                 raise CAUnavailable(f"timed out {what}", hint="The CA is slow; mamoru retries.")
             wait = delay
-            if self._last_retry_after is not None:
-                ask = (self._last_retry_after - datetime.now(UTC)).total_seconds()
+            if poll.retry_after is not None:
+                ask = (poll.retry_after - datetime.now(UTC)).total_seconds()
                 wait = max(wait, min(ask, 10.0))  # honour Retry-After, but keep polling bounded
             wait = min(wait, deadline - now)
             if self.stop.wait(max(wait, 0)):
