@@ -56,12 +56,20 @@ class App:
                 from mamoru.protocol.errors import AccountGone
 
                 try:
-                    url = open_account(session, self.settings.acme, self.settings.paths.state)
+                    opened = open_account(session, self.settings.acme,
+                                          self.settings.paths.state)
                 except AccountGone as gone:
                     self._replace_account(session, gone)
                 else:
-                    self.events.emit("account", None, f"using ACME account {url}",
-                                     account=url)
+                    if opened.forgotten:
+                        self.events.emit(
+                            "account", None, f"the CA no longer knew ACME account "
+                            f"{opened.forgotten}; registered the same key again as "
+                            f"{opened.url}", account=opened.url, previous=opened.forgotten,
+                            why="the CA does not know the account", replaced=True)
+                    else:
+                        self.events.emit("account", None, f"using ACME account {opened.url}",
+                                         account=opened.url)
                 self._account_ready = True
         return session
 
@@ -79,12 +87,12 @@ class App:
         """With `_lock` held: move the stored account aside, register a new one, say so."""
         from mamoru.protocol.account import replace_account
 
-        url = replace_account(session, self.settings.acme, self.settings.paths.state)
-        old = gone.account_url or "the stored account"
-        self.events.emit("account", None, f"the CA no longer accepts ACME account {old} "
-                         f"({gone.why}); registered a new account {url} (the old key is kept "
-                         "aside)", account=url, previous=gone.account_url, why=gone.why,
-                         replaced=True)
+        opened = replace_account(session, self.settings.acme, self.settings.paths.state)
+        old = gone.account_url or opened.forgotten
+        self.events.emit("account", None, f"the CA no longer accepts ACME account "
+                         f"{old or '(not recorded)'} ({gone.why}); registered a new account "
+                         f"{opened.url} with a new key (the old key is kept aside)",
+                         account=opened.url, previous=old, why=gone.why, replaced=True)
 
     def session_stats(self) -> dict[str, int]:
         """Requests made to the CA and badNonce retries, for summaries and benchmarks."""

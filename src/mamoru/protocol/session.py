@@ -235,7 +235,7 @@ class AcmeSession:
                 log.debug("badNonce from %s; retrying with a fresh nonce", url)
                 self._count(bad_nonces=1)
                 continue
-            if use_kid and _account_refused(error) and not isinstance(error, AccountGone):
+            if _account_refused(error) and not isinstance(error, AccountGone):
                 raise AccountGone.from_error(error, self.account_url) from None
             if isinstance(error, AccountGone):
                 error.account_url = error.account_url or self.account_url
