@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mamoru import pipeline
 from mamoru.app import build_app
+from mamoru.cli import run_sites
 from mamoru.config import load_config
 from mamoru.observe.events import MemorySink
 from mamoru.protocol.account import account_dir
@@ -71,31 +71,34 @@ def test_restarted_ca_forgot_the_account_next_provision_says_so(tmp_path: Path,
     assert len(aside) == 1 and json.loads(aside[0].read_text())["url"] == old
 
 
-def test_long_running_process_registers_again_once_and_retries_the_order(
+def test_long_running_process_registers_again_once_and_retries_the_orders(
         tmp_path: Path, pebble: Pebble) -> None:
     """The daemon's case: one App (one session, account loaded once) across a CA restart.
-    The order fails with accountDoesNotExist, a new account is registered once, the order is
-    retried and succeeds."""
+    Three orders at once fail with accountDoesNotExist; one new account is registered, each
+    order is retried once and succeeds."""
     webroot = tmp_path / "webroot"
     webroot.mkdir()
-    config = clinic_config(tmp_path, pebble, webroot)
+    names = ("clinic", "lab", "dental")
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        name: {"domains": [f"{name}.example"], "challenge": {"webroot": str(webroot)}}
+        for name in names})
     memory = MemorySink()
     app = build_app(load_config(str(config)), sinks=[memory], stderr=False, observers=False)
-    site = app.settings.sites[0]
+    sites = app.settings.sites
     try:
         with WebrootServer(webroot, pebble.http_port):
-            first = pipeline.provision(site, app, force=True)
-            assert first.status == "issued", first.to_json()
+            first = run_sites(app, sites, force=True, dry_run=False, honour_backoff=False)
+            assert [o.status for o in first] == ["issued"] * 3, [o.to_json() for o in first]
             old = stored_url(tmp_path, pebble)
             old_key = (account_files(tmp_path, pebble) / "key.pem").read_bytes()
             pebble.restart()
-            second = pipeline.provision(site, app, force=True)
+            second = run_sites(app, sites, force=True, dry_run=False, honour_backoff=False)
     finally:
         app.reset_session()
         app.events.close(5)
-    assert second.status == "renewed", second.to_json()
+    assert [o.status for o in second] == ["renewed"] * 3, [o.to_json() for o in second]
     said = [e for e in memory.events if e.kind == "account" and e.fields.get("replaced")]
-    assert len(said) == 1, [e.message for e in said]
+    assert len(said) == 1, [e.message for e in said]  # once, however many orders met it
     assert said[0].fields["previous"] == old
     assert said[0].fields["account"] == stored_url(tmp_path, pebble) != old
     assert said[0].fields["why"] == "the CA does not know the account"
@@ -104,9 +107,9 @@ def test_long_running_process_registers_again_once_and_retries_the_order(
     assert len(kept) == 1 and kept[0].read_bytes() == old_key  # the old key is never deleted
     assert (kept[0].stat().st_mode & 0o777) == 0o600
     assert ((directory / "key.pem").stat().st_mode & 0o777) == 0o600
-    # pebble.log spans the restart: one order before it; after it, the refused newOrder
-    # created nothing and the one retry was issued
-    assert pebble.order_count() == 2 and pebble.issued_count() == 2
+    # pebble.log spans the restart: three orders before it; after it, the refused newOrders
+    # created nothing and the three retries were issued
+    assert pebble.order_count() == 6 and pebble.issued_count() == 6
 
 
 def test_deactivated_account_is_replaced_with_a_new_key(tmp_path: Path, pebble: Pebble) -> None:

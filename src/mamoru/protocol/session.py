@@ -126,14 +126,15 @@ class AcmeSession:
         # Only `ca_bundle` when it is given, else the system trust store (never an
         # environment variable that would silently override the config).
         self.ca_bundle = ca_bundle
-        self._signer: AccountSigner | None = None
+        # The account in use: its signer and URL, swapped together (a new account replaces
+        # a refused one while other orders are signing), read together by `post`.
+        self._account: tuple[AccountSigner, str | None] | None = None
         self._directory: dict[str, Any] | None = None
         self._directory_failure: tuple[IssuanceError, float] | None = None
         self._nonces: list[str] = []
         self._lock = threading.Lock()
         self.http = ConnectionPool(ca_bundle=ca_bundle, timeout=timeout, max_idle=pool_size + 2,
                                    headers={"User-Agent": USER_AGENT})
-        self.account_url: str | None = None
         # Counters shared by every order's thread: changed only under `_count_lock`, so
         # they stay exact however many orders run at once.
         self._count_lock = threading.Lock()
@@ -214,15 +215,27 @@ class AcmeSession:
             with self._lock:
                 self._nonces.append(nonce)
 
+    @property
+    def account_url(self) -> str | None:
+        """The URL of the account in use (None before `use_account` has registered it)."""
+        account = self._account
+        return account[1] if account else None
+
     def post(self, url: str, payload: dict[str, Any] | None, *, accept: str | None = None,
-             context: str = "", use_kid: bool = True) -> Response:
+             context: str = "", use_kid: bool = True,
+             signer: AccountSigner | None = None) -> Response:
         """Signed POST (payload None = POST-as-GET, RFC 8555 §6.3). Retries badNonce.
-        `use_kid=False` puts the public key in the header instead (newAccount)."""
-        signer = self._account_signer()
+        `use_kid=False` puts the public key in the header instead (newAccount); `signer`
+        signs with a key that is not the session's account yet (newAccount).
+        A CA that refuses the signing account raises `AccountGone` naming that account."""
+        if signer is not None:
+            signed_by: str | None = None
+        else:
+            signer, signed_by = self._account_now()
         for _ in range(BAD_NONCE_TRIES):
             nonce = self._take_nonce()
             body = signer.sign(payload, url=url, nonce=nonce,
-                               kid=self.account_url if use_kid else None)
+                               kid=signed_by if use_kid else None)
             headers = {"Content-Type": JOSE}
             if accept:
                 headers["Accept"] = accept
@@ -236,19 +249,23 @@ class AcmeSession:
                 self._count(bad_nonces=1)
                 continue
             if _account_refused(error) and not isinstance(error, AccountGone):
-                raise AccountGone.from_error(error, self.account_url) from None
+                raise AccountGone.from_error(error, signed_by) from None
             if isinstance(error, AccountGone):
-                error.account_url = error.account_url or self.account_url
+                error.account_url = error.account_url or signed_by
             raise error
         raise BadNonceExhausted(
             f"{context + ': ' if context else ''}the CA rejected {BAD_NONCE_TRIES} nonces in a "
             f"row ({url})"
         )
 
-    def _account_signer(self) -> AccountSigner:
-        if self._signer is None:
+    def _account_now(self) -> tuple[AccountSigner, str | None]:
+        account = self._account
+        if account is None:
             raise OrderFailed("no ACME account is loaded (call use_account first)")
-        return self._signer
+        return account
+
+    def _account_signer(self) -> AccountSigner:
+        return self._account_now()[0]
 
     # -- directory and account ---------------------------------------------------------------
 
@@ -304,8 +321,6 @@ class AcmeSession:
         §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
         `eab` is (kid, base64url HMAC key). Raises ValueError for an unusable key type."""
         signer = AccountSigner(key)
-        self._signer = signer
-        self.account_url = None
         directory = self.directory()
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
@@ -322,7 +337,7 @@ class AcmeSession:
                                  "detail": "the CA requires External Account Binding"},
                                 status=None, retry_after=None, url=directory["newAccount"],
                                 context="registering the account")
-        response = self.post(directory["newAccount"], payload, use_kid=False,
+        response = self.post(directory["newAccount"], payload, use_kid=False, signer=signer,
                              context="registering the account")
         url = response.headers.get("Location")
         if not url:
@@ -336,7 +351,7 @@ class AcmeSession:
             # newAccount found the key's account, but it can sign nothing any more.
             raise AccountGone(f"registering the account: the CA says account {url} is "
                               f"{status}", account_url=url, why=f"account {status}")
-        self.account_url = url
+        self._account = (signer, url)  # one assignment: orders see the old account or the new
         return url
 
     def key_authorization(self, token: str) -> str:
