@@ -17,6 +17,7 @@ from mamoru.observe.events import Events, EventSink, JsonlSink, StderrSink
 from mamoru.storage import FileStorage
 
 if TYPE_CHECKING:
+    from mamoru.protocol.errors import AccountGone
     from mamoru.protocol.session import AcmeSession
 
 
@@ -46,16 +47,52 @@ class App:
             return self._session
 
     def account_session(self) -> AcmeSession:
-        """The shared session with the account loaded or registered (once per process)."""
+        """The shared session with the account loaded or registered (once per process).
+        A stored account the CA says is deactivated is replaced at once (`_replace_account`)."""
         session = self.session()
         with self._lock:
             if not self._account_ready:
                 from mamoru.protocol.account import open_account
+                from mamoru.protocol.errors import AccountGone
 
-                url = open_account(session, self.settings.acme, self.settings.paths.state)
+                try:
+                    opened = open_account(session, self.settings.acme,
+                                          self.settings.paths.state)
+                except AccountGone as gone:
+                    self._replace_account(session, gone)
+                else:
+                    if opened.forgotten:
+                        self.events.emit(
+                            "account", None, f"the CA no longer knew ACME account "
+                            f"{opened.forgotten}; registered the same key again as "
+                            f"{opened.url}", account=opened.url, previous=opened.forgotten,
+                            why="the CA does not know the account", replaced=True)
+                    else:
+                        self.events.emit("account", None, f"using ACME account {opened.url}",
+                                         account=opened.url)
                 self._account_ready = True
-                self.events.emit("account", None, f"using ACME account {url}", account=url)
         return session
+
+    def recover_account(self, gone: AccountGone) -> AcmeSession:
+        """The CA refused the account that signed a request (`gone`): register a new account,
+        once however many orders met the refusal at the same time (those that come late find
+        the session already on a new account), and return the session to retry with."""
+        session = self.account_session()
+        with self._lock:
+            if gone.account_url is None or session.account_url == gone.account_url:
+                self._replace_account(session, gone)
+        return session
+
+    def _replace_account(self, session: AcmeSession, gone: AccountGone) -> None:
+        """With `_lock` held: move the stored account aside, register a new one, say so."""
+        from mamoru.protocol.account import replace_account
+
+        opened = replace_account(session, self.settings.acme, self.settings.paths.state)
+        old = gone.account_url or opened.forgotten
+        self.events.emit("account", None, f"the CA no longer accepts ACME account "
+                         f"{old or '(not recorded)'} ({gone.why}); registered a new account "
+                         f"{opened.url} with a new key (the old key is kept aside)",
+                         account=opened.url, previous=old, why=gone.why, replaced=True)
 
     def session_stats(self) -> dict[str, int]:
         """Requests made to the CA and badNonce retries, for summaries and benchmarks."""

@@ -18,8 +18,10 @@ from typing import Any
 
 from mamoru.app import App
 from mamoru.config.model import Site
-from mamoru.errors import Cancelled, ChallengeFailed, LockBusy, MamoruError
-from mamoru.issuance import obtain_for_site
+from mamoru.errors import Cancelled, ChallengeFailed, IssuanceError, LockBusy, MamoruError
+from mamoru.issuance import Issued, obtain_for_site
+from mamoru.protocol.errors import AccountGone
+from mamoru.protocol.session import AcmeSession
 from mamoru.renewal import due
 from mamoru.renewal.backoff import (
     FAILED_VALIDATIONS_PER_HOUR,
@@ -177,10 +179,24 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
 
     ordered = time.monotonic()
     run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
-    issued = obtain_for_site(site, app.account_session(), events, current,
-                             default_profile=app.settings.acme.profile,
-                             timeout=app.settings.acme.order_timeout,
-                             finalize=not dry_run or app.dry_run_finalizes)
+    def order(session: AcmeSession) -> Issued:
+        return obtain_for_site(site, session, events, current,
+                               default_profile=app.settings.acme.profile,
+                               timeout=app.settings.acme.order_timeout,
+                               finalize=not dry_run or app.dry_run_finalizes)
+
+    session = app.account_session()
+    signed_by = session.account_url
+    try:
+        issued = order(session)
+    except AccountGone as gone:  # the CA forgot or deactivated the account: a new one, once
+        issued = order(app.recover_account(gone))
+    except IssuanceError:
+        if session.account_url == signed_by:
+            raise
+        # Another order found the account gone and replaced it while this one was under
+        # way: this order's requests were refused for that; it goes once more, as theirs.
+        issued = order(session)
     if dry_run:
         what = ("certificate obtained and discarded" if issued.chain_pem else
                 "every name validated; the order was not finalized, so no certificate was issued")

@@ -145,30 +145,10 @@ class Pebble:
                 ],
                 self.challtestsrv_log_path,
             )
-            env = dict(os.environ)
-            env.update(
-                PEBBLE_VA_NOSLEEP="1",
-                PEBBLE_WFE_NONCEREJECT=str(self.nonce_reject),
-                PEBBLE_AUTHZREUSE=str(self.authz_reuse),
-            )
-            env.update(self.extra_env)
             # challtestsrv's DNS must be up before Pebble validates anything; its management
             # port opens last, after the DNS servers.
             wait_for_port(LOOPBACK, self.challtestsrv_management_port, 10, proc=self._challtestsrv)
-            self._pebble = spawn(
-                [
-                    pebble_bin,
-                    "-config",
-                    str(self.config_path),
-                    "-dnsserver",
-                    f"{LOOPBACK}:{self.dns_port}",
-                    "-strict=false",
-                ],
-                self.log_path,
-                env=env,
-                cwd=self.workdir,
-            )
-            self._wait_ready()
+            self._spawn_pebble(pebble_bin)
         except BaseException as exc:
             self.stop()
             raise ServerError(
@@ -176,6 +156,38 @@ class Pebble:
                 f"\n--- challtestsrv.log ---\n{tail(self.challtestsrv_log_path)}"
             ) from exc
         return self
+
+    def _spawn_pebble(self, pebble_bin: str) -> None:
+        env = dict(os.environ)
+        env.update(
+            PEBBLE_VA_NOSLEEP="1",
+            PEBBLE_WFE_NONCEREJECT=str(self.nonce_reject),
+            PEBBLE_AUTHZREUSE=str(self.authz_reuse),
+        )
+        env.update(self.extra_env)
+        self._pebble = spawn(
+            [
+                pebble_bin,
+                "-config",
+                str(self.config_path),
+                "-dnsserver",
+                f"{LOOPBACK}:{self.dns_port}",
+                "-strict=false",
+            ],
+            self.log_path,
+            env=env,
+            cwd=self.workdir,
+        )
+        self._wait_ready()
+
+    def restart(self) -> None:
+        """Stop Pebble and start it again on the same ports with the same listener
+        certificate (challtestsrv keeps running). Pebble keeps everything in memory, so it
+        forgets every account, order and certificate, and its issuing root changes."""
+        if self._pebble is None:
+            raise ServerError("Pebble is not running")
+        stop_process(self._pebble)
+        self._spawn_pebble(require_binary(PEBBLE_BIN, "pebble"))
 
     def stop(self) -> None:
         """Stop Pebble and challtestsrv by PID (SIGTERM, then SIGKILL after 5 s)."""

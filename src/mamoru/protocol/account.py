@@ -4,6 +4,10 @@ Loading is "load or register" in one step: newAccount with the stored key return
 account, so a CA that lost our account (a test CA restarted, say) is handled like a first run.
 A corrupt key file is moved aside and a new account registered, so state damage never turns
 into a loop of failures.
+
+When the CA refuses the account later (`AccountGone`: it forgot it, or it was deactivated),
+`replace_account` moves the key and account.json aside (never deleted: `*.gone-<time>`) and
+registers a new account with a new key, since a CA refuses a deactivated account's key for ever.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -53,19 +58,69 @@ def load_or_create_key(directory: str) -> tuple[PrivateKey, bool]:
     return key, True
 
 
-def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> str:
-    """Load or register the account for `acme.directory` on `session`. Returns its URL."""
+@dataclass(frozen=True)
+class Opened:
+    """The account in use (`url`), and the stored account the CA no longer knew, if any
+    (`forgotten`: newAccount with the stored key made a new account, so the CA had lost the
+    old one; its account.json is kept aside)."""
+
+    url: str
+    forgotten: str | None = None
+
+
+def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> Opened:
+    """Load or register the account for `acme.directory` on `session`.
+    Raises `AccountGone` when the stored key's account is deactivated."""
     directory = account_dir(state_dir, acme.directory)
     key, created = load_or_create_key(directory)
     eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
     url = session.use_account(key, contact=acme.contact, eab=eab)
     info_path = os.path.join(directory, "account.json")
     info = {"url": url, "directory": acme.directory, "contact": list(acme.contact)}
+    stored: object = None
     try:
         with open(info_path, encoding="utf-8") as handle:
-            same = json.load(handle) == info
+            stored = json.load(handle)
     except (OSError, ValueError):
-        same = False
-    if not same or created:
+        pass
+    forgotten = None
+    if not created and isinstance(stored, dict) and isinstance(stored.get("url"), str) \
+            and stored["url"] != url:
+        forgotten = str(stored["url"])
+        _move_aside(info_path)
+    if stored != info or created:
         write_file(info_path, json.dumps(info, indent=2).encode(), mode=0o600)
-    return url
+    return Opened(url, forgotten)
+
+
+def _move_aside(path: str) -> None:
+    """Rename `path` to `path.gone-<unix time>` (never deleted; a free name is found)."""
+    aside = base = f"{path}.gone-{int(time.time())}"
+    suffix = 1
+    while os.path.exists(aside):  # two replacements within a second keep both
+        aside = f"{base}-{suffix}"
+        suffix += 1
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    log.warning("ACME account file %s moved to %s (the CA no longer accepts the account)",
+                path, aside)
+
+
+def replace_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> Opened:
+    """Move the stored account aside and register a new one (new key) on `session`.
+    The old key and account.json stay next to the new ones with a `.gone-<unix time>` suffix.
+    Returns the new account's URL, and the old one's (`forgotten`) when it was recorded."""
+    directory = account_dir(state_dir, acme.directory)
+    ensure_dir(directory, 0o700)
+    old = None
+    try:
+        with open(os.path.join(directory, "account.json"), encoding="utf-8") as handle:
+            stored = json.load(handle)
+        old = str(stored["url"]) if isinstance(stored, dict) and "url" in stored else None
+    except (OSError, ValueError):
+        pass
+    for name in ("key.pem", "account.json"):
+        _move_aside(os.path.join(directory, name))
+    return Opened(open_account(session, acme, state_dir).url, old)

@@ -20,6 +20,38 @@ from mamoru.errors import (
 
 ACME_ERROR = "urn:ietf:params:acme:error:"
 
+
+class AccountGone(AccountError):
+    """The CA no longer accepts our account: it does not know it (deleted, a test CA
+    restarted, state restored from an old backup) or it was deactivated. The caller moves the
+    stored account aside, registers a new one once, and retries (see `account.replace_account`).
+    `why` is a few words for the event; `account_url` the account the CA refused."""
+
+    hint = ("The CA no longer accepts this ACME account; mamoru registers a new one and "
+            "retries once. If that fails too, check acme.directory and acme.eab.")
+
+    def __init__(self, message: str, *, account_url: str | None = None, why: str = "",
+                 hint: str | None = None, problem_type: str | None = None,
+                 detail: str | None = None, status: int | None = None,
+                 retry_after: datetime | None = None) -> None:
+        super().__init__(message, hint=hint, problem_type=problem_type, detail=detail,
+                         status=status, retry_after=retry_after)
+        self.account_url = account_url
+        self.why = why or "the CA does not know the account"
+
+    @property
+    def kind(self) -> str:
+        return "AccountError"  # the kind events and metrics have always shown for it
+
+    @classmethod
+    def from_error(cls, error: IssuanceError, account_url: str | None) -> AccountGone:
+        detail = (error.detail or "").lower()
+        why = ("account deactivated" if "deactivated" in detail else
+               "account revoked" if "revoked" in detail else
+               "the CA does not know the account")
+        return cls(str(error), account_url=account_url, why=why, problem_type=error.problem_type,
+                   detail=error.detail, status=error.status, retry_after=error.retry_after)
+
 # problem type (without the urn prefix) -> (error class, what to do)
 _TABLE: dict[str, tuple[type[IssuanceError], str]] = {
     "rateLimited": (RateLimited, "Wait until the time the CA named; mamoru retries then."),
@@ -46,7 +78,8 @@ _TABLE: dict[str, tuple[type[IssuanceError], str]] = {
     "badRevocationReason": (OrderFailed, "The CA does not accept that revocation reason."),
     "externalAccountRequired": (AccountError, "This CA needs External Account Binding: set "
                                 "acme.eab.kid and acme.eab.hmac_key_file."),
-    "accountDoesNotExist": (AccountError, "The CA does not know this account."),
+    "accountDoesNotExist": (AccountGone, "The CA does not know this account; mamoru registers "
+                            "a new one and retries once."),
     "invalidContact": (AccountError, "The CA refused the contact address: fix acme.contact."),
     "unsupportedContact": (AccountError, "The CA refused the contact address: fix acme.contact."),
     "userActionRequired": (AccountError, "The CA needs a person to act (for example to accept "

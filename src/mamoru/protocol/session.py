@@ -43,7 +43,7 @@ from mamoru.errors import (
     IssuanceError,
     OrderFailed,
 )
-from mamoru.protocol.errors import ACME_ERROR, parse_retry_after, problem_error
+from mamoru.protocol.errors import ACME_ERROR, AccountGone, parse_retry_after, problem_error
 from mamoru.protocol.jws import AccountSigner, b64
 from mamoru.protocol.keys import PrivateKey
 from mamoru.protocol.transport import ConnectionPool, Response
@@ -85,6 +85,25 @@ class Order:
         )
 
 
+@dataclass
+class PollState:
+    """One polling loop's own state (one order's authorizations, or its finalization)."""
+
+    retry_after: datetime | None = None
+
+
+def _account_refused(error: IssuanceError) -> bool:
+    """The CA refused a request signed with our account because the account is gone:
+    unknown to it (accountDoesNotExist) or deactivated/revoked (RFC 8555 §7.3.6 answers
+    those with `unauthorized`; the detail names the status)."""
+    if isinstance(error, AccountGone):
+        return True
+    if error.problem_type != ACME_ERROR + "unauthorized":
+        return False
+    detail = (error.detail or "").lower()
+    return "account" in detail and ("deactivated" in detail or "revoked" in detail)
+
+
 class AcmeSession:
     """A connection to one ACME CA, shared by every order of one run (thread-safe).
 
@@ -107,16 +126,25 @@ class AcmeSession:
         # Only `ca_bundle` when it is given, else the system trust store (never an
         # environment variable that would silently override the config).
         self.ca_bundle = ca_bundle
-        self._signer: AccountSigner | None = None
+        # The account in use: its signer and URL, swapped together (a new account replaces
+        # a refused one while other orders are signing), read together by `post`.
+        self._account: tuple[AccountSigner, str | None] | None = None
         self._directory: dict[str, Any] | None = None
         self._directory_failure: tuple[IssuanceError, float] | None = None
         self._nonces: list[str] = []
         self._lock = threading.Lock()
         self.http = ConnectionPool(ca_bundle=ca_bundle, timeout=timeout, max_idle=pool_size + 2,
                                    headers={"User-Agent": USER_AGENT})
-        self.account_url: str | None = None
+        # Counters shared by every order's thread: changed only under `_count_lock`, so
+        # they stay exact however many orders run at once.
+        self._count_lock = threading.Lock()
         self.requests_made = 0
         self.bad_nonces = 0
+
+    def _count(self, *, requests: int = 0, bad_nonces: int = 0) -> None:
+        with self._count_lock:
+            self.requests_made += requests
+            self.bad_nonces += bad_nonces
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -127,7 +155,7 @@ class AcmeSession:
         last: Exception | None = None
         for attempt in range(TRANSPORT_TRIES):
             try:
-                self.requests_made += 1
+                self._count(requests=1)
                 return self.http.request(method, url, body, headers)
             except ssl.SSLCertVerificationError as error:
                 raise CAUnavailable(
@@ -187,15 +215,27 @@ class AcmeSession:
             with self._lock:
                 self._nonces.append(nonce)
 
+    @property
+    def account_url(self) -> str | None:
+        """The URL of the account in use (None before `use_account` has registered it)."""
+        account = self._account
+        return account[1] if account else None
+
     def post(self, url: str, payload: dict[str, Any] | None, *, accept: str | None = None,
-             context: str = "", use_kid: bool = True) -> Response:
+             context: str = "", use_kid: bool = True,
+             signer: AccountSigner | None = None) -> Response:
         """Signed POST (payload None = POST-as-GET, RFC 8555 §6.3). Retries badNonce.
-        `use_kid=False` puts the public key in the header instead (newAccount)."""
-        signer = self._account_signer()
+        `use_kid=False` puts the public key in the header instead (newAccount); `signer`
+        signs with a key that is not the session's account yet (newAccount).
+        A CA that refuses the signing account raises `AccountGone` naming that account."""
+        if signer is not None:
+            signed_by: str | None = None
+        else:
+            signer, signed_by = self._account_now()
         for _ in range(BAD_NONCE_TRIES):
             nonce = self._take_nonce()
             body = signer.sign(payload, url=url, nonce=nonce,
-                               kid=self.account_url if use_kid else None)
+                               kid=signed_by if use_kid else None)
             headers = {"Content-Type": JOSE}
             if accept:
                 headers["Accept"] = accept
@@ -206,18 +246,26 @@ class AcmeSession:
             error = self._problem(response, context)
             if error.problem_type == ACME_ERROR + "badNonce":
                 log.debug("badNonce from %s; retrying with a fresh nonce", url)
-                self.bad_nonces += 1
+                self._count(bad_nonces=1)
                 continue
+            if _account_refused(error) and not isinstance(error, AccountGone):
+                raise AccountGone.from_error(error, signed_by) from None
+            if isinstance(error, AccountGone):
+                error.account_url = error.account_url or signed_by
             raise error
         raise BadNonceExhausted(
             f"{context + ': ' if context else ''}the CA rejected {BAD_NONCE_TRIES} nonces in a "
             f"row ({url})"
         )
 
-    def _account_signer(self) -> AccountSigner:
-        if self._signer is None:
+    def _account_now(self) -> tuple[AccountSigner, str | None]:
+        account = self._account
+        if account is None:
             raise OrderFailed("no ACME account is loaded (call use_account first)")
-        return self._signer
+        return account
+
+    def _account_signer(self) -> AccountSigner:
+        return self._account_now()[0]
 
     # -- directory and account ---------------------------------------------------------------
 
@@ -273,8 +321,6 @@ class AcmeSession:
         §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
         `eab` is (kid, base64url HMAC key). Raises ValueError for an unusable key type."""
         signer = AccountSigner(key)
-        self._signer = signer
-        self.account_url = None
         directory = self.directory()
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
@@ -291,12 +337,21 @@ class AcmeSession:
                                  "detail": "the CA requires External Account Binding"},
                                 status=None, retry_after=None, url=directory["newAccount"],
                                 context="registering the account")
-        response = self.post(directory["newAccount"], payload, use_kid=False,
+        response = self.post(directory["newAccount"], payload, use_kid=False, signer=signer,
                              context="registering the account")
         url = response.headers.get("Location")
         if not url:
             raise CAUnavailable("the CA created an account but sent no Location header")
-        self.account_url = url
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        status = body.get("status") if isinstance(body, dict) else None
+        if status in ("deactivated", "revoked"):
+            # newAccount found the key's account, but it can sign nothing any more.
+            raise AccountGone(f"registering the account: the CA says account {url} is "
+                              f"{status}", account_url=url, why=f"account {status}")
+        self._account = (signer, url)  # one assignment: orders see the old account or the new
         return url
 
     def key_authorization(self, token: str) -> str:
@@ -335,10 +390,14 @@ class AcmeSession:
             raise self._problem(response, context)
         return response
 
-    def get(self, url: str, context: str = "") -> dict[str, Any]:
+    def get(self, url: str, context: str = "", poll: PollState | None = None
+            ) -> dict[str, Any]:
+        """POST-as-GET of a CA resource. With `poll`, the answer's Retry-After is kept in
+        that one polling loop's state (never in the session, which other orders share)."""
         response = self.post(url, None, context=context)
         body = response.json()
-        self._last_retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if poll is not None:
+            poll.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return body if isinstance(body, dict) else {}
 
     def pending_challenges(self, order: Order, challenge_type: str = "http-01"
@@ -375,11 +434,11 @@ class AcmeSession:
         pending = {t.identifier: t for t in tasks}
         remaining = list(by_url)
 
-        def check() -> bool:
+        def check(poll: PollState) -> bool:
             nonlocal remaining
             still = []
             for url in remaining:
-                authz = self.get(url, "checking an authorization")
+                authz = self.get(url, "checking an authorization", poll)
                 status = authz.get("status")
                 name = str(authz.get("identifier", {}).get("value", ""))
                 if status == "valid":
@@ -417,7 +476,7 @@ class AcmeSession:
         body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
         state = {"body": body}
 
-        def ready() -> bool:
+        def ready(poll: PollState) -> bool:
             status = state["body"].get("status")
             if status == "valid" and state["body"].get("certificate"):
                 return True
@@ -425,7 +484,7 @@ class AcmeSession:
                 raise problem_error(state["body"].get("error") or {}, status=None,
                                     retry_after=None, url=order.url,
                                     context="the order became invalid")
-            state["body"] = self.get(order.url, "checking the order")
+            state["body"] = self.get(order.url, "checking the order", poll)
             return False
 
         self._poll(ready, deadline, "waiting for the certificate")
@@ -434,16 +493,18 @@ class AcmeSession:
                              context="downloading the certificate")
         return response.content
 
-    def _poll(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+    def _poll(self, done: Callable[[PollState], bool], deadline: float, what: str) -> None:
+        """Call `done(poll)` until it is true. `poll` belongs to this loop alone: the
+        Retry-After of its own answers steers its waits, whatever other orders hear."""
         delay = POLL_FIRST
-        self._last_retry_after = None
-        while not done():
+        poll = PollState()
+        while not done(poll):
             now = time.monotonic()
             if now >= deadline:
                 raise CAUnavailable(f"timed out {what}", hint="The CA is slow; mamoru retries.")
             wait = delay
-            if self._last_retry_after is not None:
-                ask = (self._last_retry_after - datetime.now(UTC)).total_seconds()
+            if poll.retry_after is not None:
+                ask = (poll.retry_after - datetime.now(UTC)).total_seconds()
                 wait = max(wait, min(ask, 10.0))  # honour Retry-After, but keep polling bounded
             wait = min(wait, deadline - now)
             if self.stop.wait(max(wait, 0)):
