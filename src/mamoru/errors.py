@@ -189,6 +189,16 @@ class ReloadFailed(InstallError):
     """The web server's reload command failed or timed out."""
 
 
+class ServerUnreachable(InstallError):
+    """The web server does not answer at its TLS address (connection refused or no answer):
+    it is down, or listens elsewhere. mamoru never reloads, and so never starts, a server that
+    is down; the certificate files are in place for when it starts."""
+
+    retryable = True
+    hint = ("Start the web server (e.g. `systemctl start nginx` or `systemctl start apache2`) or "
+            "fix server.listen / server.verify; mamoru checks again by itself.")
+
+
 class VerifyFailed(InstallError):
     """After the reload, some names still did not serve the new certificate."""
 

@@ -317,13 +317,23 @@ def ari_window(run: Run, version: CertVersion) -> tuple[Window | None, float | N
 
 def is_served(site: Site, version: CertVersion) -> bool:
     """Is the web server serving `version` on every name? One handshake per name (no waiting);
-    True when the site has no server mamoru could ask, or when the answer cannot be had."""
-    from mamoru.install.verify import served_matches
+    True when the site has no server mamoru could ask, or when the answer cannot be had.
+    Raises ServerUnreachable when nothing answers at all: a server that is down is not one
+    serving another certificate, and reinstalling would reload (so start) it."""
+    from mamoru.errors import ServerUnreachable
+    from mamoru.install.verify import UNREACHABLE, served_state, verify_address
 
     try:
-        return served_matches(site, version) is not False
+        answer = served_state(site, version)
     except (OSError, ValueError):
         return True  # cert.pem unreadable: the renewal decision must not hinge on this
+    if answer == UNREACHABLE:
+        address = verify_address(site)
+        where = f"{address[0]}:{address[1]}" if address else "its address"
+        raise ServerUnreachable(f"the web server does not answer at {where} for "
+                                f"{', '.join(site.domains)}: it looks down; mamoru will not "
+                                "reload or restart it")
+    return answer is None or answer == "served"
 
 
 def not_due(run: Run, decision: Decision) -> datetime:

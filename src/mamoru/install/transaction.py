@@ -54,6 +54,7 @@ from mamoru.install.verify import (
     VerifyReport,
     leaf_der,
     served_matches,
+    server_down,
     verify_address,
     wait_until_served,
 )
@@ -68,10 +69,11 @@ __all__ = ["InstallRefused", "InstallResult", "Installer", "install", "installer
 @dataclass
 class InstallResult:
     """`verified`: every name was proven to serve the new certificate (False when the site's
-    server cannot be asked, see verify.verify_address). `timings`: seconds per step."""
+    server cannot be asked, see verify.verify_address; None when it was down and so not
+    reloaded). `timings`: seconds per step."""
 
     installed: bool
-    verified: bool
+    verified: bool | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -174,6 +176,20 @@ class _Transaction:
                       + (f" (`{tested.command}`)" if tested.argv else " (no test command)"),
                       command=tested.command or None, duration=round(self._lap("config_test"), 3),
                       warnings=_warnings(tested.output) or None)
+
+            down = server_down(site) if self.previous is not None else None
+            if down is not None:
+                # Never reload a server that is down (`apachectl -k graceful` would start it).
+                # Only for a renewal: a first install always reloads (its ports may not exist
+                # until then).
+                # the files are in place and tested, so it serves this certificate when
+                # someone starts it. The next check reports the server as unreachable.
+                self.emit("server-unreachable", f"nothing answers at {_where(down)}: the "
+                          f"{installer.kind} server looks down, so it was not reloaded; it will "
+                          "serve the new certificate when it starts", address=_where(down),
+                          level=4)
+                self.timings["install"] = time.monotonic() - started
+                return InstallResult(installed=True, verified=None, timings=self.timings)
 
             self.reload_attempted = True
             reloaded = installer.reload()

@@ -63,6 +63,7 @@ class Served:
     name: str
     der: bytes | None
     error: str | None = None
+    unreachable: bool = False  # no TCP connection at all (refused, timed out, no route)
 
     def serial(self) -> str | None:
         if self.der is None:
@@ -78,7 +79,8 @@ def fetch_leaf(address: tuple[str, int], name: str, timeout: float = HANDSHAKE_T
     try:
         der = served_leaf(address, sni_name(name), timeout)
     except OSError as error:
-        return Served(name, None, _reason(error))
+        # A TLS error means something answered; anything else below TLS means nobody did.
+        return Served(name, None, _reason(error), unreachable=not isinstance(error, ssl.SSLError))
     if not der:
         return Served(name, None, "the server sent no certificate")
     return Served(name, der)
@@ -178,9 +180,47 @@ def served_matches(site: Site, version: CertVersion) -> bool | None:
     """Does the server serve `version` on every name of the site right now? One handshake
     per name, no waiting. None when the site has no server to ask (see verify_address);
     False when any name serves another certificate or cannot be reached."""
+    answer = served_state(site, version)
+    return None if answer is None else answer == SERVED
+
+
+SERVED, OTHER, UNREACHABLE = "served", "other", "unreachable"
+
+
+def served_state(site: Site, version: CertVersion) -> str | None:
+    """What the server answers for the site's names right now, one handshake per name:
+    SERVED (every name serves `version`), UNREACHABLE (the server is down: see server_down),
+    OTHER (some name serves another certificate, fails the handshake, or the TLS port is
+    closed while the server answers on its HTTP port). None when there is no server to ask."""
     address = verify_address(site)
     if address is None:
         return None
     expected = leaf_der(version.read("cert.pem"))
     served = fetch_leaves(address, site.domains)
-    return all(s.der == expected for s in served.values())
+    if all(s.der == expected for s in served.values()):
+        return SERVED
+    if all(s.unreachable for s in served.values()) and server_down(site) is not None:
+        return UNREACHABLE
+    return OTHER
+
+
+def server_down(site: Site, timeout: float = HANDSHAKE_TIMEOUT) -> tuple[str, int] | None:
+    """The site's TLS address when the web server looks down: nothing accepts a connection at
+    its TLS address nor at its HTTP listen address (a closed TLS port alone is a server that
+    does not serve the site yet, and a reload is what fixes that). None when it answers."""
+    address = verify_address(site)
+    if address is None:
+        return None
+    others = [connect_address(site.server.listen_http)] if site.server.type != "command" else []
+    for where in [address, *others]:
+        if where is not None and _accepts(where, timeout):
+            return None
+    return address
+
+
+def _accepts(address: tuple[str, int], timeout: float) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
