@@ -39,16 +39,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mamoru.config.model import Settings
+from mamoru.clock import parse_time
+from mamoru.config.model import Settings, Site
 from mamoru.errors import MamoruError
-from mamoru.observe.events import Event, SinkState
+from mamoru.observe.danger import is_failure
+from mamoru.observe.events import Event
+from mamoru.observe.sinks import SinkState
 from mamoru.observe.status import SiteStatus, site_status
 from mamoru.storage import FileStorage
 
 log = logging.getLogger(__name__)
-
-# Not failures of the site: the run was stopped on request, or another run held the site.
-NOT_FAILURES = frozenset({"Cancelled", "LockBusy"})
 
 
 def _version() -> str:
@@ -61,15 +61,13 @@ def _version() -> str:
 
 
 def _seconds(when: Any) -> float | None:
-    if isinstance(when, datetime):
-        return when.timestamp()
-    if isinstance(when, str) and when:
-        try:
-            parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    return None
+    parsed = parse_time(when)
+    return parsed.timestamp() if parsed is not None else None
+
+
+def _site_row(site: Site, storage: FileStorage, now: datetime) -> SiteStatus:
+    """The one read of a site's state and live certificate (what `mamoru status` reads)."""
+    return site_status(site, storage, now)
 
 
 class FailureCounts:
@@ -105,8 +103,7 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        rows: list[SiteStatus] = [site_status(site, self.storage, now)
-                                  for site in self.settings.sites]
+        rows = [_site_row(site, self.storage, now) for site in self.settings.sites]
         not_after = GaugeMetricFamily(
             "mamoru_certificate_not_after_timestamp_seconds",
             "Expiry (notAfter) of the live certificate, per site and name.",
@@ -223,7 +220,7 @@ class MetricsSink:
     def emit(self, event: Event) -> None:
         if event.kind == "failed" and event.site:
             error_class = str(event.get("error_class") or "MamoruError")
-            if error_class not in NOT_FAILURES:
+            if is_failure(error_class):
                 try:
                     self.collector.counts.add(event.site, error_class)
                 except Exception as error:  # the disk is full: the other sinks still record
