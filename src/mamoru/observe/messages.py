@@ -105,7 +105,7 @@ def _skipped(site: str, f: _Need) -> str:
 
 
 def _dry_run(site: str, f: _Need) -> str:
-    what = ("certificate obtained and discarded" if f.get("finalized") else
+    what = ("certificate obtained and discarded" if f["finalized"] else
             "every name validated; the order was not finalized, so no certificate was issued")
     return f"dry run: {what}; nothing changed in live/"
 
@@ -262,7 +262,7 @@ MESSAGES: dict[str, Message] = {
         f"every name serves certificate {f['serial']} at {f['address']} "
         f"({float(f['duration']):.2f} s after the reload)")),
     "rollback": Message(("error_class",), _rollback),
-    "verify-failed": Message(("names", "address", "duration"), _verify_failed),
+    "verify-failed": Message(("address", "duration"), _verify_failed),  # + names, old, ...
     # every part: the `warning` field names which warning (see WARNINGS)
     "warning": Message(("warning",), _warning),
     # service/daemon.py

@@ -51,6 +51,32 @@ from mamoru.storage import FileStorage
 log = logging.getLogger(__name__)
 
 
+# The per-site gauges: key -> (metric name, help text, labels).
+GAUGES: dict[str, tuple[str, str, list[str]]] = {
+    "not_after": ("mamoru_certificate_not_after_timestamp_seconds",
+                  "Expiry (notAfter) of the live certificate, per site and name.",
+                  ["site", "name"]),
+    "not_before": ("mamoru_certificate_not_before_timestamp_seconds",
+                   "Start of validity (notBefore) of the live certificate, per site and name.",
+                   ["site", "name"]),
+    "success": ("mamoru_last_renewal_success_timestamp_seconds",
+                "When the site's certificate was last obtained and put in service.", ["site"]),
+    "planned": ("mamoru_next_renewal_timestamp_seconds",
+                "When mamoru plans the site's next renewal attempt (or backoff retry).",
+                ["site"]),
+    "streak": ("mamoru_consecutive_failures", "Failed attempts since the site's last success.",
+               ["site"]),
+    "ari_start": ("mamoru_ari_window_start_timestamp_seconds",
+                  "Start of the CA's suggested renewal window (ARI), when the CA gives one.",
+                  ["site"]),
+    "ari_end": ("mamoru_ari_window_end_timestamp_seconds",
+                "End of the CA's suggested renewal window (ARI).", ["site"]),
+    "danger": ("mamoru_site_in_danger",
+               "1 when the last attempt failed, there is no certificate, or under 1/6 of its "
+               "lifetime is left (what makes `mamoru status` exit non-zero).", ["site"]),
+}
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -104,36 +130,11 @@ class StateCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         rows = [_site_row(site, self.storage, now) for site in self.settings.sites]
-        not_after = GaugeMetricFamily(
-            "mamoru_certificate_not_after_timestamp_seconds",
-            "Expiry (notAfter) of the live certificate, per site and name.",
-            labels=["site", "name"])
-        not_before = GaugeMetricFamily(
-            "mamoru_certificate_not_before_timestamp_seconds",
-            "Start of validity (notBefore) of the live certificate, per site and name.",
-            labels=["site", "name"])
-        success = GaugeMetricFamily(
-            "mamoru_last_renewal_success_timestamp_seconds",
-            "When the site's certificate was last obtained and put in service.",
-            labels=["site"])
-        planned = GaugeMetricFamily(
-            "mamoru_next_renewal_timestamp_seconds",
-            "When mamoru plans the site's next renewal attempt (or backoff retry).",
-            labels=["site"])
-        streak = GaugeMetricFamily(
-            "mamoru_consecutive_failures",
-            "Failed attempts since the site's last success.", labels=["site"])
-        ari_start = GaugeMetricFamily(
-            "mamoru_ari_window_start_timestamp_seconds",
-            "Start of the CA's suggested renewal window (ARI), when the CA gives one.",
-            labels=["site"])
-        ari_end = GaugeMetricFamily(
-            "mamoru_ari_window_end_timestamp_seconds",
-            "End of the CA's suggested renewal window (ARI).", labels=["site"])
-        danger = GaugeMetricFamily(
-            "mamoru_site_in_danger",
-            "1 when the last attempt failed, there is no certificate, or under 1/6 of its "
-            "lifetime is left (what makes `mamoru status` exit non-zero).", labels=["site"])
+        gauges = {key: GaugeMetricFamily(name, text, labels=labels)
+                  for key, (name, text, labels) in GAUGES.items()}
+        not_after, not_before = gauges["not_after"], gauges["not_before"]
+        success, planned, streak = gauges["success"], gauges["planned"], gauges["streak"]
+        ari_start, ari_end, danger = gauges["ari_start"], gauges["ari_end"], gauges["danger"]
         for row in rows:
             for name in row.names:
                 if row.not_after is not None:
