@@ -220,6 +220,9 @@ def test_the_needed_fields_are_enough() -> None:
     ("warning", {}),
     ("check", {"worst": "problem", "findings": "not a list"}),
     ("renewed", {"duration": None, "next_due": LATER, "why": "x"}),
+    # an emitter not yet passing the new fields gets the fallback, never wrong words
+    ("rollback", {"error_class": "ConfigTestFailed", "restored": "aa01", "reloaded": False}),
+    ("verify-failed", {"names": ["a"], "address": "127.0.0.1:443", "duration": 1.0}),
 ])
 def test_unknown_kinds_and_missing_or_damaged_fields_still_render(
         kind: str, fields: dict[str, Any]) -> None:

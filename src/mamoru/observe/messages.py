@@ -159,9 +159,10 @@ def _rollback(site: str, f: _Need) -> str:
     if f.get("kept_new"):
         parts = [f"live/{site} and the new files kept"]
     else:
-        version = f.get("restored_version")
-        parts = [f"live/{site} points at version {int(version):04d} again" if version is not
-                 None else f"live/{site} removed (first install)"]
+        # `restored` (the previous serial) says there was a previous version to go back to
+        had_previous = f.get("restored") is not None or f.get("restored_version") is not None
+        parts = [f"live/{site} points at version {int(f['restored_version']):04d} again"
+                 if had_previous else f"live/{site} removed (first install)"]
         if f.get("files_restored"):
             parts.append("the generated files are as before")
     if f.get("reloaded"):
@@ -186,6 +187,8 @@ def _verify_failed(site: str, f: _Need) -> str:
     if f.get("unreachable"):
         missing = listing(f"{one['name']} ({one['error']})" for one in f["unreachable"])
         parts.append(f"no certificate for {missing}")
+    if not parts:
+        raise MissingField("old, other, unreachable or switching")
     text = (f"after the reload, {'; '.join(parts)} at {f['address']} "
             f"(checked for {float(f['duration']):.1f} s); the install was rolled back")
     explanation = f.get("explanation")
