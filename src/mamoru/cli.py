@@ -272,6 +272,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     from mamoru.errors import UsageError
     from mamoru.observe.logquery import Query, Reader, parse_since, render_line, to_json_line
+    from mamoru.observe.messages import plural
 
     settings = _load(args)
     try:
@@ -290,8 +291,8 @@ def cmd_log(args: argparse.Namespace) -> int:
         _stdout_gone()
         return EXIT_OK
     if reader.skipped:
-        print(f"mamoru: skipped {reader.skipped} damaged line{'s' if reader.skipped != 1 else ''}"
-              f" in {settings.paths.event_log}", file=sys.stderr)
+        print(f"mamoru: skipped {plural(reader.skipped, 'damaged line')} in "
+              f"{settings.paths.event_log}", file=sys.stderr)
     return EXIT_OK
 
 

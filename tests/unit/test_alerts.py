@@ -22,7 +22,8 @@ from tests.servers.sitestate import install_site
 from mamoru.config import load_config
 from mamoru.config.model import Settings
 from mamoru.observe.alerts import AlertSink, expiry_threshold, sign, verify_signature
-from mamoru.observe.events import Events, MemorySink
+from mamoru.observe.events import Events
+from mamoru.observe.sinks import MemorySink
 from mamoru.storage import FileStorage
 from mamoru.storage.sitestate import SiteState
 

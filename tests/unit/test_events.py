@@ -14,16 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mamoru.observe.events import (
-    Event,
-    Events,
-    JsonlSink,
-    MemorySink,
-    SinkState,
-    StderrSink,
-    scrub,
-)
+from mamoru.observe.events import Event, Events, scrub
 from mamoru.observe.logquery import log_files
+from mamoru.observe.sinks import JsonlSink, MemorySink, SinkState, StderrSink
 
 KEY_PEM = ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBfakefakefakefakefakefakefakefakefake\n"
            "-----END EC PRIVATE KEY-----\n")
@@ -113,7 +106,8 @@ def test_journald_is_detected_only_on_the_journal_stream(tmp_path: Path,
 
 WRITER = textwrap.dedent("""
     import sys
-    from mamoru.observe.events import Events, JsonlSink
+    from mamoru.observe.events import Events
+    from mamoru.observe.sinks import JsonlSink
     path, writer, count, max_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     events = Events([JsonlSink(path, max_bytes=max_bytes, keep=1000)])
     for index in range(count):
@@ -164,7 +158,7 @@ def test_jsonl_unwritable_log_does_not_raise(tmp_path: Path) -> None:
 
 COUNTER = textwrap.dedent("""
     import sys
-    from mamoru.observe.events import SinkState
+    from mamoru.observe.sinks import SinkState
     state = SinkState(sys.argv[1])
     for _ in range(int(sys.argv[2])):
         state.update(lambda data: data.__setitem__("n", data.get("n", 0) + 1))
@@ -178,3 +172,13 @@ def test_sink_state_updates_from_processes_are_never_lost(tmp_path: Path) -> Non
     assert [p.wait(timeout=120) for p in procs] == [0] * 4
     assert SinkState(str(path)).read() == {"n": 240}
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_sinks_are_still_importable_from_events() -> None:
+    """Emitters written against the old layout import the sinks from observe.events."""
+    from mamoru.observe import events, sinks
+
+    for name in ("JsonlSink", "StderrSink", "MemorySink", "SinkState"):
+        assert getattr(events, name) is getattr(sinks, name)
+    with pytest.raises(AttributeError):
+        _ = events.NoSuchSink  # type: ignore[attr-defined]

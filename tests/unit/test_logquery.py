@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from tests.helpers import run_mamoru, write_config
 
-from mamoru.observe.events import Events, JsonlSink
+from mamoru.observe.events import Events
 from mamoru.observe.logquery import Query, Reader, log_files, parse_since, render_line
+from mamoru.observe.sinks import JsonlSink
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 

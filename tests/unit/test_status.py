@@ -168,3 +168,18 @@ def test_an_interrupted_attempt_is_danger_too(tmp_path: Path) -> None:
     row = site_status(Site("s", ("s.example",)), storage, NOW)
     assert row.danger == ["last attempt interrupted: Interrupted"]
     assert "interrupted: Interrupted" in render_table([row])
+
+
+@pytest.mark.parametrize(("lifetime_days", "why", "fraction"), [
+    (90, "1/3 of the lifetime left", 1 / 3), (6, "1/2 of the lifetime left", 1 / 2)])
+def test_a_certificate_without_a_schedule_follows_the_renewal_policy(
+        tmp_path: Path, lifetime_days: int, why: str, fraction: float) -> None:
+    """A certificate put in place by hand (no renewal recorded): the policy's lifetime rule,
+    without jitter."""
+    storage = FileStorage(str(tmp_path / "state"), str(tmp_path / "live"))
+    lifetime = dt.timedelta(days=lifetime_days)
+    not_before = NOW - dt.timedelta(hours=2)
+    install_site(storage, "s", ["s.example"], not_before, not_before + lifetime)
+    row = site_status(Site("s", ("s.example",)), storage, NOW)
+    assert row.why == why
+    assert row.next_renewal == not_before + lifetime - lifetime * fraction

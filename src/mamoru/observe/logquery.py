@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mamoru.clock import parse_time
+
 _SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*\Z", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 ERROR_LEVELS = frozenset({"error", "crit", "alert", "emerg"})
@@ -34,12 +36,11 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     if match:
         amount, unit = float(match.group(1)), match.group(2).lower()
         return now - timedelta(seconds=amount * _UNITS[unit])
-    try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+    when = parse_time(text)
+    if when is None:
         raise ValueError(f"--since {text!r}: use a span like 30m, 12h, 7d, 2w, or a date like "
-                         "2026-11-01 or 2026-11-01T09:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+                         "2026-11-01 or 2026-11-01T09:00")
+    return when
 
 
 def log_files(path: str) -> list[str]:
@@ -67,20 +68,10 @@ class Query:
         if self.failed and event.get("level") not in ERROR_LEVELS:
             return False
         if self.since is not None:
-            when = _when(event.get("time"))
+            when = parse_time(event.get("time"))
             if when is None or when < self.since:
                 return False
         return True
-
-
-def _when(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 class Reader:
@@ -126,7 +117,7 @@ class Reader:
 
 def render_line(event: dict[str, Any]) -> str:
     """One event as a line for people: time (UTC), level, site, kind, message."""
-    when = _when(event.get("time"))
+    when = parse_time(event.get("time"))
     stamp = f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if when else str(event.get("time"))
     level = str(event.get("level") or "info")
     mark = {"error": "ERR ", "warning": "WARN", "notice": "NOTE"}.get(level, "    ")

@@ -39,16 +39,42 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mamoru.config.model import Settings
+from mamoru.clock import parse_time
+from mamoru.config.model import Settings, Site
 from mamoru.errors import MamoruError
-from mamoru.observe.events import Event, SinkState
+from mamoru.observe.danger import is_failure
+from mamoru.observe.events import Event
+from mamoru.observe.sinks import SinkState
 from mamoru.observe.status import SiteStatus, site_status
 from mamoru.storage import FileStorage
 
 log = logging.getLogger(__name__)
 
-# Not failures of the site: the run was stopped on request, or another run held the site.
-NOT_FAILURES = frozenset({"Cancelled", "LockBusy"})
+
+# The per-site gauges: key -> (metric name, help text, labels).
+GAUGES: dict[str, tuple[str, str, list[str]]] = {
+    "not_after": ("mamoru_certificate_not_after_timestamp_seconds",
+                  "Expiry (notAfter) of the live certificate, per site and name.",
+                  ["site", "name"]),
+    "not_before": ("mamoru_certificate_not_before_timestamp_seconds",
+                   "Start of validity (notBefore) of the live certificate, per site and name.",
+                   ["site", "name"]),
+    "success": ("mamoru_last_renewal_success_timestamp_seconds",
+                "When the site's certificate was last obtained and put in service.", ["site"]),
+    "planned": ("mamoru_next_renewal_timestamp_seconds",
+                "When mamoru plans the site's next renewal attempt (or backoff retry).",
+                ["site"]),
+    "streak": ("mamoru_consecutive_failures", "Failed attempts since the site's last success.",
+               ["site"]),
+    "ari_start": ("mamoru_ari_window_start_timestamp_seconds",
+                  "Start of the CA's suggested renewal window (ARI), when the CA gives one.",
+                  ["site"]),
+    "ari_end": ("mamoru_ari_window_end_timestamp_seconds",
+                "End of the CA's suggested renewal window (ARI).", ["site"]),
+    "danger": ("mamoru_site_in_danger",
+               "1 when the last attempt failed, there is no certificate, or under 1/6 of its "
+               "lifetime is left (what makes `mamoru status` exit non-zero).", ["site"]),
+}
 
 
 def _version() -> str:
@@ -61,15 +87,13 @@ def _version() -> str:
 
 
 def _seconds(when: Any) -> float | None:
-    if isinstance(when, datetime):
-        return when.timestamp()
-    if isinstance(when, str) and when:
-        try:
-            parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    return None
+    parsed = parse_time(when)
+    return parsed.timestamp() if parsed is not None else None
+
+
+def _site_row(site: Site, storage: FileStorage, now: datetime) -> SiteStatus:
+    """The one read of a site's state and live certificate (what `mamoru status` reads)."""
+    return site_status(site, storage, now)
 
 
 class FailureCounts:
@@ -105,38 +129,12 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        rows: list[SiteStatus] = [site_status(site, self.storage, now)
-                                  for site in self.settings.sites]
-        not_after = GaugeMetricFamily(
-            "mamoru_certificate_not_after_timestamp_seconds",
-            "Expiry (notAfter) of the live certificate, per site and name.",
-            labels=["site", "name"])
-        not_before = GaugeMetricFamily(
-            "mamoru_certificate_not_before_timestamp_seconds",
-            "Start of validity (notBefore) of the live certificate, per site and name.",
-            labels=["site", "name"])
-        success = GaugeMetricFamily(
-            "mamoru_last_renewal_success_timestamp_seconds",
-            "When the site's certificate was last obtained and put in service.",
-            labels=["site"])
-        planned = GaugeMetricFamily(
-            "mamoru_next_renewal_timestamp_seconds",
-            "When mamoru plans the site's next renewal attempt (or backoff retry).",
-            labels=["site"])
-        streak = GaugeMetricFamily(
-            "mamoru_consecutive_failures",
-            "Failed attempts since the site's last success.", labels=["site"])
-        ari_start = GaugeMetricFamily(
-            "mamoru_ari_window_start_timestamp_seconds",
-            "Start of the CA's suggested renewal window (ARI), when the CA gives one.",
-            labels=["site"])
-        ari_end = GaugeMetricFamily(
-            "mamoru_ari_window_end_timestamp_seconds",
-            "End of the CA's suggested renewal window (ARI).", labels=["site"])
-        danger = GaugeMetricFamily(
-            "mamoru_site_in_danger",
-            "1 when the last attempt failed, there is no certificate, or under 1/6 of its "
-            "lifetime is left (what makes `mamoru status` exit non-zero).", labels=["site"])
+        rows = [_site_row(site, self.storage, now) for site in self.settings.sites]
+        gauges = {key: GaugeMetricFamily(name, text, labels=labels)
+                  for key, (name, text, labels) in GAUGES.items()}
+        not_after, not_before = gauges["not_after"], gauges["not_before"]
+        success, planned, streak = gauges["success"], gauges["planned"], gauges["streak"]
+        ari_start, ari_end, danger = gauges["ari_start"], gauges["ari_end"], gauges["danger"]
         for row in rows:
             for name in row.names:
                 if row.not_after is not None:
@@ -223,7 +221,7 @@ class MetricsSink:
     def emit(self, event: Event) -> None:
         if event.kind == "failed" and event.site:
             error_class = str(event.get("error_class") or "MamoruError")
-            if error_class not in NOT_FAILURES:
+            if is_failure(error_class):
                 try:
                     self.collector.counts.add(event.site, error_class)
                 except Exception as error:  # the disk is full: the other sinks still record

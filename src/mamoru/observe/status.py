@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mamoru.clock import parse_time
 from mamoru.config.model import Settings, Site
+from mamoru.observe.danger import danger_threshold
 from mamoru.observe.events import iso, scrub
+from mamoru.observe.messages import plural
+from mamoru.renewal.policy import CertFacts, Wanted, decide
 from mamoru.storage import CertVersion, FileStorage
-
-DANGER_FRACTION = 1 / 6
 
 
 @dataclass(frozen=True)
@@ -84,14 +86,9 @@ def _iso(when: datetime | None) -> str | None:
     return iso(when) if when else None
 
 
-def _when(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+def _state(storage: FileStorage, site: str) -> dict[str, Any]:
+    """The one read of a site's renewal state (as its state.json keys)."""
+    return storage.load_state(site).to_json()
 
 
 def site_status(site: Site, storage: FileStorage, now: datetime, *,
@@ -101,10 +98,10 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
     if version is None:
         version = storage.live(site.name)
     if state is None:
-        state = storage.load_state(site.name).to_json()
+        state = _state(storage, site.name)
     meta = version.meta if version else {}
-    not_before = _when(meta.get("not_before"))
-    not_after = _when(meta.get("not_after"))
+    not_before = parse_time(meta.get("not_before"))
+    not_after = parse_time(meta.get("not_after"))
     failures = int(state.get("attempts") or 0)
     last = state.get("last_attempt") if isinstance(state.get("last_attempt"), dict) else None
     if last is not None:
@@ -130,14 +127,14 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
         left = not_after - now
         if left <= timedelta(0):
             danger.append("certificate expired")
-        elif left < (not_after - not_before) * DANGER_FRACTION:
+        elif left < danger_threshold(not_after - not_before):
             danger.append(f"{_span(left)} left, under 1/6 of its lifetime")
     return SiteStatus(
         site=site.name, names=list(meta.get("names") or site.domains),
         serial=meta.get("serial"), issuer=meta.get("issuer"),
         not_before=not_before, not_after=not_after,
         next_renewal=next_renewal, why=why, last_attempt=last,
-        last_success=_when(state.get("last_success")), failures=failures,
+        last_success=parse_time(state.get("last_success")), failures=failures,
         installed=installed, verified=verified, ari=ari, danger=danger, now=now)
 
 
@@ -150,22 +147,21 @@ def _next_renewal(site: Site, state: dict[str, Any], failures: int,
                   not_before: datetime | None, not_after: datetime | None, now: datetime
                   ) -> tuple[datetime | None, str | None]:
     """When the next attempt is planned and why, as the schedule recorded it."""
-    retry = _when(state.get("next_attempt"))
+    retry = parse_time(state.get("next_attempt"))
     if failures and retry is not None:
-        return retry, f"backoff: retry after {failures} failed attempt" \
-                      f"{'s' if failures != 1 else ''}"
-    due = _when(state.get("next_due"))
+        return retry, f"backoff: retry after {plural(failures, 'failed attempt')}"
+    due = parse_time(state.get("next_due"))
     if due is not None:
         return due, str(state.get("why") or "")
     if not_before is None or not_after is None:
         return now, "no certificate yet"
-    # No schedule recorded (a certificate put in place by hand): the lifetime rule, unjittered.
-    from mamoru.renewal.policy import SHORT_LIFETIME
-
-    lifetime = not_after - not_before
-    fraction = 1 / 2 if lifetime < SHORT_LIFETIME else 1 / 3
-    return not_after - lifetime * fraction, f"{'1/2' if fraction == 0.5 else '1/3'} of the " \
-                                             "lifetime left"
+    # No schedule recorded (a certificate put in place by hand): the renewal policy itself,
+    # unjittered, for a certificate that is what the config asks for.
+    names = frozenset(site.domains)
+    cert = CertFacts(names=names, key=None, profile=None, not_before=not_before,
+                     not_after=not_after)
+    decision = decide(Wanted(names=names, key=site.key, profile=None), cert, now, jitter=0.0)
+    return decision.at, decision.why
 
 
 def collect(settings: Settings, now: datetime | None = None,
@@ -186,7 +182,7 @@ def danger_summary(rows: list[SiteStatus]) -> str:
     bad = [f"{row.site} ({'; '.join(row.danger)})" for row in rows if row.danger]
     if not bad:
         return ""
-    return f"{len(bad)} site{'s' if len(bad) != 1 else ''} in danger: {', '.join(bad)}"
+    return f"{plural(len(bad), 'site')} in danger: {', '.join(bad)}"
 
 
 def to_json(rows: list[SiteStatus]) -> dict[str, Any]:
@@ -235,7 +231,7 @@ def _row(row: SiteStatus) -> list[str]:
         renewal = "-"
     last = row.last_attempt
     if last:
-        when_last = _when(last.get("time"))
+        when_last = parse_time(last.get("time"))
         stamp = f"{when_last:%Y-%m-%d %H:%M}" if when_last else "?"
         outcome = last.get("outcome") or "?"
         if _went_wrong(last):

@@ -1,0 +1,203 @@
+"""Where events go: the JSON-lines event log (with its rotation), stderr / journald lines,
+an in-memory list (tests, summaries), and `SinkState`, the small locked JSON file that sinks
+keep between processes (alert de-duplication, failure counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from mamoru.observe.events import Event
+
+# --- stderr / journald ------------------------------------------------------------------------
+
+
+def _journald_stream(stream: TextIO) -> bool:
+    """True when `stream` is the journal stream systemd connected us to (JOURNAL_STREAM holds
+    its device:inode), so a redirected stderr does not get `<N>` prefixes by mistake."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class StderrSink:
+    """Human-readable lines. Under systemd (stderr is the JOURNAL_STREAM) each line starts with
+    `<N>`, the syslog priority journald understands, so `journalctl -p err -u mamoru` shows
+    exactly the failures. Elsewhere errors and warnings are marked in words."""
+
+    def __init__(self, stream: TextIO | None = None, min_priority: int = 6,
+                 journald: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.min_priority = min_priority
+        self.journald = _journald_stream(self.stream) if journald is None else journald
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        if event.priority > self.min_priority:
+            return
+        who = f"{event.site}: " if event.site else ""
+        # One event, one line: a multi-line message would become several journal entries.
+        message = " ".join(event.message.splitlines())
+        if self.journald:
+            line = f"<{event.priority}>{who}{message}"
+        else:
+            mark = {3: "error: ", 4: "warning: "}.get(event.priority, "")
+            line = f"{who}{mark}{message}"
+        with self._lock:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr closed (a detached process): the other sinks still record it
+
+
+# --- the JSON-lines event log -----------------------------------------------------------------
+
+
+class JsonlSink:
+    """Appends one JSON object per line to the event log, safe across processes.
+
+    Safety: each event is one write(2) of one whole line on an O_APPEND descriptor, made while
+    holding flock(2) on the file, so the daemon and any number of one-shot commands never
+    interleave or tear lines.
+
+    Rotation (in-process, by size; no logrotate file is needed or shipped): the writer that
+    would push the file past `max_bytes` renames `events.jsonl.(N-1)` -> `.N` ... and
+    `events.jsonl` -> `events.jsonl.1` while it holds the lock on the current file, then
+    writes to a fresh `events.jsonl`; at most `keep` old files are kept. A writer that was
+    waiting for the lock notices the rename (the path's inode changed) and re-opens, so no
+    line lands in a rotated file after rotation. `mamoru log` reads the old files too.
+    """
+
+    def __init__(self, path: str, max_bytes: int = 10 * 1024 * 1024, keep: int = 5) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._lock = threading.Lock()
+        self.failed = False
+
+    def emit(self, event: Event) -> None:
+        line = (json.dumps(event.to_json(), ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            try:
+                self._append(line)
+                self.failed = False
+            except OSError as error:
+                if not self.failed:  # say it once, not once per event
+                    logging.getLogger(__name__).error("cannot write the event log %s: %s",
+                                                      self.path, error.strerror)
+                self.failed = True
+
+    def _open_locked(self) -> int:
+        """An O_APPEND descriptor on the current log file, holding its flock."""
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
+        for _ in range(100):  # only a storm of concurrent rotations loops more than twice
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = os.fstat(fd)
+                try:
+                    current = os.stat(self.path)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and (current.st_dev, current.st_ino) == (
+                        held.st_dev, held.st_ino):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # rotated while we waited: open the new file
+        raise OSError(0, "the event log keeps being rotated under us")
+
+    def _append(self, line: bytes) -> None:
+        while True:
+            fd = self._open_locked()
+            try:
+                size = os.fstat(fd).st_size
+                if self.max_bytes and size and size + len(line) > self.max_bytes:
+                    self._shift()
+                    continue  # the file we now open may have been written meanwhile
+                view = memoryview(line)
+                while view:  # one write(2) in practice; the loop only guards a short write
+                    view = view[os.write(fd, view):]
+                return
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # closing releases the flock
+
+    def _shift(self) -> None:
+        """Rotate: .N-1 -> .N, ..., current -> .1 (the caller holds the current file's lock)."""
+        if self.keep <= 0:
+            os.unlink(self.path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{self.path}.{self.keep}")
+        for index in range(self.keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}.{index}", f"{self.path}.{index + 1}")
+        os.replace(self.path, f"{self.path}.1")
+
+
+class SinkState:
+    """A small JSON file a sink keeps between processes (alert de-duplication, failure
+    counters): read-modify-write under flock(2) on `<path>.lock`, written atomically, so the
+    daemon and one-shot commands never lose each other's updates."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """Run `change(data)` on the current contents under the lock, save, return its result.
+        Raises OSError or StorageError when the file cannot be written."""
+        from mamoru.storage.atomic import write_file
+
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self.read()
+            result = change(data)
+            write_file(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), 0o600,
+                       sync_dir=False)
+            return result
+        finally:
+            os.close(fd)
+
+
+class MemorySink:
+    """Keeps events in a list (for tests and for summaries)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def kinds(self, site: str | None = None) -> list[str]:
+        return [e.kind for e in self.events if site is None or e.site == site]
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
