@@ -53,7 +53,7 @@ def _voluntary_switches() -> int:
 def test_waiting_for_a_lock_sleeps_instead_of_polling(tmp_path: Path) -> None:
     storage = FileStorage(str(tmp_path / "state"), str(tmp_path / "live"))
     holder = storage.lock("clinic")
-    release_after = 1.0
+    release_after = 2.0
     threading.Timer(release_after, holder.close).start()
     before = _voluntary_switches()
     started = time.monotonic()
@@ -61,9 +61,9 @@ def test_waiting_for_a_lock_sleeps_instead_of_polling(tmp_path: Path) -> None:
         waited = time.monotonic() - started
     switches = _voluntary_switches() - before
     assert waited >= release_after * 0.9
-    # A poll every 50 ms wakes this thread about 20 times in that second; a real wait, once
+    # A poll every 50 ms wakes this thread about 40 times in two seconds; a real wait, once
     # or twice.
-    assert switches <= 5, f"{switches} wake-ups while waiting {waited:.2f} s"
+    assert switches <= 10, f"{switches} wake-ups while waiting {waited:.2f} s"
 
 
 def test_a_lock_wait_that_times_out_leaves_the_lock_usable(tmp_path: Path) -> None:

@@ -192,14 +192,28 @@ def served_site(port: int) -> Site:
 
 
 def test_a_certificate_the_server_does_not_serve_is_due(rig: Rig) -> None:
-    site = served_site(free_port())  # nothing listens there: not served
+    site = served_site(free_port())
     version = with_cert(rig, site=site)
     use_ca(rig, StubCA(None))
-    decision = due_check(rig.run(site), version)
+    decision = due_check(rig.run(site), version, served_now=False)
     assert (decision.due, decision.rule) == (True, "not-served")
     assert decision.rule in due.REINSTALL_RULES
     # answered for the test: served, so not due
     assert not due_check(rig.run(site), version, served_now=True).due
+
+
+def test_a_server_that_is_down_is_not_taken_for_one_serving_another_certificate(
+        rig: Rig) -> None:
+    """Nothing listens at the site's TLS or HTTP address: the server is down. Reinstalling
+    would reload it (`apachectl -k graceful` starts a stopped Apache), so the check reports
+    it instead (a failure with backoff and alerts, like any other)."""
+    from mamoru.errors import ServerUnreachable
+
+    site = served_site(free_port())  # nothing listens there
+    version = with_cert(rig, site=site)
+    use_ca(rig, StubCA(None))
+    with pytest.raises(ServerUnreachable, match="does not answer"):
+        due_check(rig.run(site), version)
 
 
 def test_no_handshake_when_due_anyway_or_without_a_server(rig: Rig) -> None:
