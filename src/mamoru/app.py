@@ -63,13 +63,11 @@ class App:
                 else:
                     if opened.forgotten:
                         self.events.emit(
-                            "account", None, f"the CA no longer knew ACME account "
-                            f"{opened.forgotten}; registered the same key again as "
-                            f"{opened.url}", account=opened.url, previous=opened.forgotten,
-                            why="the CA does not know the account", replaced=True)
+                            "account", None, account=opened.url, previous=opened.forgotten,
+                            why="the CA does not know the account", replaced=True,
+                            new_key=False)
                     else:
-                        self.events.emit("account", None, f"using ACME account {opened.url}",
-                                         account=opened.url)
+                        self.events.emit("account", None, account=opened.url)
                 self._account_ready = True
         return session
 
@@ -89,10 +87,8 @@ class App:
 
         opened = replace_account(session, self.settings.acme, self.settings.paths.state)
         old = gone.account_url or opened.forgotten
-        self.events.emit("account", None, f"the CA no longer accepts ACME account "
-                         f"{old or '(not recorded)'} ({gone.why}); registered a new account "
-                         f"{opened.url} with a new key (the old key is kept aside)",
-                         account=opened.url, previous=old, why=gone.why, replaced=True)
+        self.events.emit("account", None, account=opened.url, previous=old or "(not recorded)",
+                         why=gone.why, replaced=True, new_key=True)
 
     def session_stats(self) -> dict[str, int]:
         """Requests made to the CA and badNonce retries, for summaries and benchmarks."""

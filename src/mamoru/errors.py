@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 class MamoruError(Exception):
@@ -27,7 +28,7 @@ class MamoruError(Exception):
         """A stable, machine-friendly name of the error class (used in events and metrics)."""
         return type(self).__name__
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         """Extra structured fields for events (no secrets)."""
         return {}
 
@@ -89,8 +90,8 @@ class IssuanceError(MamoruError):
         self.status = status
         self.retry_after = retry_after
 
-    def fields(self) -> dict[str, object]:
-        out: dict[str, object] = {}
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.problem_type:
             out["problem_type"] = self.problem_type
         if self.detail:
@@ -174,7 +175,7 @@ class InstallError(MamoruError):
         super().__init__(message, hint=hint)
         self.output = output
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         return {"output": self.output[-4000:]} if self.output else {}
 
 
@@ -208,5 +209,5 @@ class VerifyFailed(InstallError):
         super().__init__(message, hint=hint, output=output)
         self.names = names
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         return {**super().fields(), "names": self.names}

@@ -57,8 +57,8 @@ def obtain(
     deadline = time.monotonic() + timeout
     names = list(site.domains)
     order = session.new_order(names, profile=profile, replaces=replaces)
-    events.emit("order", site.name, f"order created for {', '.join(names)}", order=order.url,
-                names=names, replaces=order.replaced, profile=profile)
+    events.emit("order", site.name, order=order.url, names=names, replaces=order.replaced,
+                profile=profile)
     tasks = session.pending_challenges(order, solver.challenge_type)
     with contextlib.ExitStack() as cleanup:
         for task in tasks:
@@ -67,12 +67,11 @@ def obtain(
         for task in tasks:  # answered together, validated in parallel by the CA
             session.answer(task)
         if tasks:
-            events.emit("challenge", site.name,
-                        f"answered {len(tasks)} http-01 challenge{'s' if len(tasks) > 1 else ''}",
-                        names=[t.identifier for t in tasks], order=order.url)
+            events.emit("challenge", site.name, names=[t.identifier for t in tasks],
+                        challenge_type=solver.challenge_type, order=order.url)
         session.wait_authorizations(order, tasks, deadline)
     if tasks:
-        events.emit("validated", site.name, "the CA validated every name", order=order.url)
+        events.emit("validated", site.name, order=order.url)
     if not finalize:  # a dry run at a CA that would issue a real certificate
         return Issued(key_pem=b"", chain_pem=b"", order_url=order.url, replaced=order.replaced,
                       profile=profile)
@@ -91,8 +90,7 @@ def obtain_for_site(site: Site, session: AcmeSession, events: Events,
     profile = site.profile or default_profile
     offered = session.profiles
     if profile and not offered:
-        events.emit("warning", site.name, f"the CA offers no profiles; ordering without "
-                    f"profile {profile!r}", profile=profile)
+        events.emit("warning", site.name, warning="no-profiles", profile=profile)
         profile = None
     elif profile and profile not in offered:
         raise OrderFailed(f"the CA does not offer profile {profile!r} (it offers: "

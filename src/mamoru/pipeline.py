@@ -141,10 +141,7 @@ def revoke(site: Site, app: App, *, reason: str, reason_code: int, replace: bool
         app.account_session().revoke(current.read("cert.pem"), reason_code)
         run = Run(site, app, app.storage.load_state(site.name))
         run.save(run.state.with_revoked(serial, app.clock(), reason))
-        app.events.emit("revoked", site.name, f"certificate {serial} revoked ({reason})" + (
-            "; ordering a replacement now" if replace else
-            f"; the site still serves it: run `mamoru provision {site.name}` for a new one"),
-            serial=serial, reason=reason, replace=replace)
+        app.events.emit("revoked", site.name, serial=serial, reason=reason, replace=replace)
         if not replace:
             return None
         return locked_story(run, force=True, dry_run=False, honour_backoff=False)
@@ -156,22 +153,17 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
     storage.check_live_path(site.name)  # a live path we cannot flip: fail before ordering
     retry_at = run.state.backoff_until(app.clock()) if honour_backoff and not force else None
     if retry_at is not None:
-        events.emit("skipped", site.name, f"backing off after {run.attempt - 1} failed "
-                    f"attempt{'s' if run.attempt > 2 else ''}; next attempt "
-                    f"{retry_at:%Y-%m-%d %H:%M:%S} UTC", next_due=retry_at, why="backoff",
-                    outcome="skipped")
+        events.emit("skipped", site.name, next_due=retry_at, why="backoff",
+                    attempt=run.attempt, outcome="skipped")
         return run.outcome("skipped", version=current, next_due=retry_at)
 
     decision = due_check(run, current)
-    events.emit("due-check", site.name, f"{'due' if decision.due else 'not due'}: "
-                f"{decision.why}", due=decision.due, why=decision.why, rule=decision.rule,
+    events.emit("due-check", site.name, due=decision.due, why=decision.why, rule=decision.rule,
                 at=decision.at, names=list(site.domains), attempt=run.attempt)
     if not decision.due and not force:
         not_due(run, decision)
-        events.emit("skipped", site.name, f"certificate still good; next renewal "
-                    f"{decision.at:%Y-%m-%d %H:%M} UTC ({decision.why})", next_due=decision.at,
-                    why=decision.why, outcome="skipped",
-                    serial=current.meta.get("serial") if current else None)
+        events.emit("skipped", site.name, next_due=decision.at, why=decision.why,
+                    outcome="skipped", serial=current.meta.get("serial") if current else None)
         return run.outcome("skipped", decision=decision, version=current,
                            next_due=decision.at)
     if decision.rule in due.REINSTALL_RULES and current is not None and not force and not dry_run:
@@ -179,36 +171,16 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
 
     ordered = time.monotonic()
     run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
-    def order(session: AcmeSession) -> Issued:
-        return obtain_for_site(site, session, events, current,
-                               default_profile=app.settings.acme.profile,
-                               timeout=app.settings.acme.order_timeout,
-                               finalize=not dry_run or app.dry_run_finalizes)
-
-    session = app.account_session()
-    signed_by = session.account_url
-    try:
-        issued = order(session)
-    except AccountGone as gone:  # the CA forgot or deactivated the account: a new one, once
-        issued = order(app.recover_account(gone))
-    except IssuanceError:
-        if session.account_url == signed_by:
-            raise
-        # Another order found the account gone and replaced it while this one was under
-        # way: this order's requests were refused for that; it goes once more, as theirs.
-        issued = order(session)
+    issued = order(run, current, finalize=not dry_run or app.dry_run_finalizes)
     if dry_run:
-        what = ("certificate obtained and discarded" if issued.chain_pem else
-                "every name validated; the order was not finalized, so no certificate was issued")
-        events.emit("dry-run", site.name, f"dry run: {what}; nothing changed in live/",
-                    order=issued.order_url, finalized=bool(issued.chain_pem))
+        events.emit("dry-run", site.name, order=issued.order_url,
+                    finalized=bool(issued.chain_pem))
         return run.outcome("dry-run", decision=decision)
 
     version = storage.store(site.name, issued.key_pem, issued.chain_pem, issued.meta(site.key))
-    events.emit("issued", site.name, f"certificate {version.meta['serial']} issued, valid "
-                f"until {version.not_after:%Y-%m-%d %H:%M} UTC", serial=version.meta["serial"],
-                not_after=version.not_after, names=version.names, order=issued.order_url,
-                version=version.number, duration=round(time.monotonic() - ordered, 3))
+    events.emit("issued", site.name, serial=version.meta["serial"], not_after=version.not_after,
+                names=version.names, order=issued.order_url, version=version.number,
+                duration=round(time.monotonic() - ordered, 3))
     from mamoru.install.transaction import install
 
     stored_at = time.monotonic()
@@ -220,11 +192,9 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
         browser_check(site, app, version)
     status = "renewed" if current else "issued"
     events.emit("renewed" if current else "provisioned", site.name,
-                f"done in {run.elapsed():.2f} s; next renewal {planned.at:%Y-%m-%d %H:%M} UTC "
-                f"({planned.why})", serial=version.meta["serial"], names=version.names,
-                not_after=version.not_after, next_due=planned.at, why=planned.why,
-                attempt=run.attempt, outcome=status, duration=round(run.elapsed(), 3),
-                verified=result.verified)
+                serial=version.meta["serial"], names=version.names, not_after=version.not_after,
+                next_due=planned.at, why=planned.why, attempt=run.attempt, outcome=status,
+                duration=round(run.elapsed(), 3), verified=result.verified)
     return run.outcome(status, decision=decision, version=version, next_due=planned.at,
                        timings=timings)
 
@@ -238,13 +208,35 @@ def reinstall(run: Run, current: CertVersion, decision: Decision) -> Outcome:
     site, app = run.site, run.app
     result = install(site, current, app.storage, app.events, stop=app.stop)
     planned = succeeded(run, current, result.verified)
-    app.events.emit("reinstalled", site.name, f"certificate {current.meta.get('serial')} put back "
-                    f"in service ({decision.why}); next renewal {planned.at:%Y-%m-%d %H:%M} UTC",
-                    serial=current.meta.get("serial"), why=decision.why, next_due=planned.at,
-                    outcome="reinstalled", verified=result.verified,
-                    duration=round(run.elapsed(), 3))
+    app.events.emit("reinstalled", site.name, serial=current.meta.get("serial"),
+                    why=decision.why, next_due=planned.at, outcome="reinstalled",
+                    verified=result.verified, duration=round(run.elapsed(), 3))
     return run.outcome("reinstalled", decision=decision, version=current,
                        next_due=planned.at, timings=dict(result.timings))
+
+
+def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
+    """One order for the run's site on the shared account. A CA that forgot or deactivated
+    the account gets a new one, once, and the order goes again."""
+    site, app = run.site, run.app
+
+    def attempt(session: AcmeSession) -> Issued:
+        return obtain_for_site(site, session, app.events, current,
+                               default_profile=app.settings.acme.profile,
+                               timeout=app.settings.acme.order_timeout, finalize=finalize)
+
+    session = app.account_session()
+    signed_by = session.account_url
+    try:
+        return attempt(session)
+    except AccountGone as gone:  # the CA forgot or deactivated the account: a new one, once
+        return attempt(app.recover_account(gone))
+    except IssuanceError:
+        if session.account_url == signed_by:
+            raise
+        # Another order found the account gone and replaced it while this one was under
+        # way: this order's requests were refused for that; it goes once more, as theirs.
+        return attempt(session)
 
 
 # -- the steps' glue: App-held parts in, plain values down -----------------------------------
@@ -300,8 +292,8 @@ def ari_window(run: Run, version: CertVersion) -> tuple[Window | None, float | N
         info = renewal_info(session, version.read("cert.pem"), now)
     except (MamoruError, OSError, ValueError) as error:
         kind = error.kind if isinstance(error, MamoruError) else type(error).__name__
-        app.events.emit("warning", site.name, f"could not fetch the CA's renewal window ({error});"
-                        " using the lifetime rule", error_class=kind)
+        app.events.emit("warning", site.name, warning="ari-unavailable", error=str(error),
+                        error_class=kind)
         return None, None
     if info is None:
         return None, None
@@ -309,8 +301,7 @@ def ari_window(run: Run, version: CertVersion) -> tuple[Window | None, float | N
     pick = old.pick if old is not None and old.serial == serial else app.rng.random()
     run.save(run.state.with_ari(AriWindow(serial, info.start, info.end, info.retry_after,
                                           info.explanation_url, pick)))
-    app.events.emit("ari", site.name, f"CA renewal window {info.start:%Y-%m-%d %H:%M} to "
-                    f"{info.end:%Y-%m-%d %H:%M} UTC", ari_start=info.start, ari_end=info.end,
+    app.events.emit("ari", site.name, ari_start=info.start, ari_end=info.end,
                     explanation_url=info.explanation_url, retry_after=info.retry_after)
     return Window(info.start, info.end), pick
 
@@ -386,7 +377,7 @@ def failed(run: Run, unexpected: BaseException, *, record: bool) -> Outcome:
                 retryable=error.retryable, problem=error.fields(),
                 site_config=fingerprint(run))):
             next_try = when
-    events.emit("failed", site.name, f"{error}" + (f" — {error.hint}" if error.hint else ""),
+    events.emit("failed", site.name, error=str(error), hint=error.hint,
                 error_class=error.kind, retryable=error.retryable, next_attempt=next_try,
                 attempt=attempt, outcome="failed", duration=round(run.elapsed(), 3),
                 **{"names": list(site.domains), **error.fields()})  # VerifyFailed: its names
@@ -395,8 +386,7 @@ def failed(run: Run, unexpected: BaseException, *, record: bool) -> Outcome:
         why = (f"backoff after {count} consecutive failed attempt{'s' if count > 1 else ''}"
                f"{'' if error.retryable else ' (needs a fix; retried slowly)'}"
                f"{VALIDATION_WHY if failed_validation(error) else ''}")
-        events.emit("backoff", site.name, f"next attempt {next_try:%Y-%m-%d %H:%M:%S} UTC "
-                    f"({why})", next_due=next_try, why=why, attempt=attempt,
+        events.emit("backoff", site.name, next_due=next_try, why=why, attempt=attempt,
                     error_class=error.kind)
     return run.outcome("failed", error=error, next_due=next_try)
 
@@ -466,7 +456,4 @@ def browser_check(site: Site, app: App, version: CertVersion) -> None:
                  "fix": f.fix} for r in reports for f in r.findings if f.status != "ok"]
     worst = max((r.worst for r in reports), key=["ok", "warning", "problem"].index, default="ok")
     level = {"ok": 6, "warning": 4, "problem": 3}[worst]
-    summary = "; ".join(f"{f['name']} {f['check']}: {f['message']}" for f in findings[:3])
-    app.events.emit("check", site.name, f"browser check: {worst}" + (f" — {summary}"
-                    if summary else " (every name: certificate, redirect, HSTS, mixed content)"),
-                    worst=worst, findings=findings, level=level)
+    app.events.emit("check", site.name, worst=worst, findings=findings, level=level)

@@ -19,6 +19,14 @@ LATER = dt.datetime(2030, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 
 # kind -> (site, the fields its emitter passes, the text written at the call site before)
 CASES: list[tuple[str, str | None, dict[str, Any], str]] = [
+    ("server-unreachable", "clinic", {"server": "nginx", "address": "127.0.0.1:443", "level": 4},
+     "nothing answers at 127.0.0.1:443: the nginx server looks down, so it was not reloaded; "
+     "it serves the new certificate when it starts"),
+    ("account", None, {"account": "https://ca/acct/2", "previous": "https://ca/acct/1",
+                       "why": "the CA does not know the account", "replaced": True,
+                       "new_key": True},
+     "the CA no longer knew ACME account https://ca/acct/1 (the CA does not know the account); "
+     "registered a new account https://ca/acct/2 with a new key (the old key is kept aside)"),
     ("skipped", "clinic", {"next_due": LATER, "why": "backoff", "outcome": "skipped",
                            "attempt": 4},
      "backing off after 3 failed attempts; next attempt 2030-03-04 05:06:07 UTC"),
@@ -254,3 +262,24 @@ def test_plural() -> None:
     assert plural(0, "site") == "0 sites"
     assert plural(3, "failed attempt") == "3 failed attempts"
     assert plural(2, "child", "children") == "2 children"
+
+
+def test_mamoru_writes_no_event_text_outside_the_table() -> None:
+    """Every `.emit(kind, site, ...)` in src/ passes fields only: an event's words are
+    written once, in observe/messages.py (so they can be translated), never at the call."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "mamoru"
+    offenders = []
+    calls = 0
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "emit" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                calls += 1
+                if len(node.args) > 2 or any(k.arg == "message" for k in node.keywords):
+                    offenders.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert calls > 30  # the scan sees the emitters
+    assert offenders == []

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from mamoru.config.model import Site
 from mamoru.errors import (
@@ -122,8 +122,8 @@ def install(site: Site, version: CertVersion, storage: Storage, events: Events, 
     raised."""
     if site.server.type == "none":
         previous = storage.activate(version)
-        events.emit("installed", site.name, f"live/{site.name} now points at version "
-                    f"{version.name}", version=version.number, serial=version.meta.get("serial"),
+        events.emit("installed", site.name, version=version.number,
+                    serial=version.meta.get("serial"),
                     previous=previous.meta.get("serial") if previous else None)
         return InstallResult(installed=True, verified=False)
     return _Transaction(site, version, storage, events, installer_for(site), stop).run()
@@ -149,8 +149,9 @@ class _Transaction:
         self._lap_started = now
         return self.timings[step]
 
-    def emit(self, kind: str, message: str, **fields: object) -> None:
-        self.events.emit(kind, self.site.name, message, **fields)
+    def emit(self, kind: str, **fields: Any) -> None:
+        """An event about this site; its words come from observe/messages.py."""
+        self.events.emit(kind, self.site.name, **fields)
 
     # -- the story ---------------------------------------------------------------------------
 
@@ -162,39 +163,32 @@ class _Transaction:
             self.deployment = installer.deploy(site, self.storage.live_path(site.name))
             self.previous = self.storage.activate(version)
             self.flipped = True
-            self.emit("installed", f"live/{site.name} now points at version {version.name}"
-                      + (f"; wrote {', '.join(self.deployment.files)}"
-                         if self.deployment.files else ""),
-                      version=version.number, serial=version.meta.get("serial"),
+            self.emit("installed", version=version.number, serial=version.meta.get("serial"),
                       previous=self.previous.meta.get("serial") if self.previous else None,
                       files=self.deployment.files or None, duration=round(self._lap("deploy"), 3))
             self.key_permissions()
 
             tested = installer.config_test()
             self.test_output = tested.output
-            self.emit("config-test", f"{installer.kind} accepted the config"
-                      + (f" (`{tested.command}`)" if tested.argv else " (no test command)"),
-                      command=tested.command or None, duration=round(self._lap("config_test"), 3),
+            self.emit("config-test", server=installer.kind, command=tested.command or None,
+                      duration=round(self._lap("config_test"), 3),
                       warnings=_warnings(tested.output) or None)
 
             down = server_down(site) if self.previous is not None else None
             if down is not None:
-                # Never reload a server that is down (`apachectl -k graceful` would start it).
-                # Only for a renewal: a first install always reloads (its ports may not exist
-                # until then).
+                # Never reload a server that is down (`apachectl -k graceful` would start it):
                 # the files are in place and tested, so it serves this certificate when
-                # someone starts it. The next check reports the server as unreachable.
-                self.emit("server-unreachable", f"nothing answers at {_where(down)}: the "
-                          f"{installer.kind} server looks down, so it was not reloaded; it will "
-                          "serve the new certificate when it starts", address=_where(down),
+                # someone starts it; the next check reports the server as unreachable. Only
+                # for a renewal: a first install always reloads (its ports may not exist yet).
+                self.emit("server-unreachable", server=installer.kind, address=_where(down),
                           level=4)
                 self.timings["install"] = time.monotonic() - started
                 return InstallResult(installed=True, verified=None, timings=self.timings)
 
             self.reload_attempted = True
             reloaded = installer.reload()
-            self.emit("reloaded", f"{installer.kind} reloaded (`{reloaded.command}`)",
-                      command=reloaded.command, duration=round(self._lap("reload"), 3))
+            self.emit("reloaded", server=installer.kind, command=reloaded.command,
+                      duration=round(self._lap("reload"), 3))
 
             verified = self.verify()
             self.timings["install"] = time.monotonic() - started
@@ -218,9 +212,7 @@ class _Transaction:
                 raise Cancelled("stopped while proving the new certificate is served; the "
                                 "install was rolled back")
             raise self.verify_failed(report)
-        self.emit("verified", f"every name serves certificate {self.version.meta.get('serial')}"
-                  f" at {_where(address)} ({report.duration:.2f} s after the reload)",
-                  names=list(self.site.domains), serial=self.version.meta.get("serial"),
+        self.emit("verified", names=list(self.site.domains), serial=self.version.meta.get("serial"),
                   address=_where(address), duration=round(report.duration, 3),
                   attempts=report.rounds)
         return True
@@ -260,20 +252,13 @@ class _Transaction:
                             f"{self.installer.server_name}'s config fails its test (it "
                             "includes mamoru's files)")
         if self.deployment is not None or self.flipped:
-            live = (f"live/{self.site.name} points at version {self.previous.name} again"
-                    if self.previous is not None else f"live/{self.site.name} removed (first "
-                    "install)")
-            files = ("the generated files are as before" if self.deployment is not None
-                     and self.deployment.files else "")
-            if kept_new:
-                live, files = f"live/{self.site.name} and the new files kept", ""
-            summary = "; ".join(filter(None, [live, files,
-                                              "server reloaded again" if reloaded_again else ""]))
-            self.emit("rollback", f"rolled back after {type(error).__name__}: {summary}"
-                      + (f"; problems: {'; '.join(problems)}" if problems else ""),
-                      error_class=type(error).__name__, restored=self.previous.meta.get("serial")
-                      if self.previous else None, reloaded=reloaded_again,
-                      problems=problems or None, level=3 if problems else None)
+            self.emit("rollback", error_class=type(error).__name__,
+                      restored=self.previous.meta.get("serial") if self.previous else None,
+                      restored_version=self.previous.number if self.previous else None,
+                      kept_new=kept_new or None,
+                      files_restored=bool(self.deployment is not None and self.deployment.files)
+                      or None, reloaded=reloaded_again, problems=problems or None,
+                      level=3 if problems else None)
         if not isinstance(error, MamoruError):
             return error
         note = f" ({'; '.join(problems)})" if problems else ""
@@ -330,35 +315,30 @@ class _Transaction:
 
     def verify_failed(self, report: VerifyReport) -> VerifyFailed:
         previous_der = leaf_der(self.previous.read("cert.pem")) if self.previous else None
-        old, other, unreachable = [], [], []
+        from mamoru.observe.messages import render
+
+        old: list[str] = []
+        other: list[dict[str, object]] = []
+        unreachable: list[dict[str, object]] = []
         for name in report.failed:
             served = report.served[name] if name in report.mismatched else report.last_wrong[name]
             if served.der is None:
-                unreachable.append(f"{name} ({served.error})")
+                unreachable.append({"name": name, "error": served.error})
             elif served.der == previous_der:
                 old.append(name)
             else:
-                other.append(f"{name} (serial {served.serial()})")
-        parts = []
-        if report.ok:  # the latest round was right, but answers kept switching
-            parts.append(f"{', '.join(report.failed)} kept switching between the new and "
-                         "another certificate")
-        if old:
-            parts.append(f"{', '.join(old)} still serve the previous certificate")
-        if other:
-            parts.append(f"{', '.join(other)} serve a certificate mamoru did not install")
-        if unreachable:
-            parts.append(f"no certificate for {', '.join(unreachable)}")
-        where = _where(report.address)
-        message = (f"after the reload, {'; '.join(parts)} at {where} "
-                   f"(checked for {report.duration:.1f} s); the install was rolled back")
+                other.append({"name": name, "serial": served.serial()})
         why, hint = self.explain_mismatch()
-        if why:
-            message += f". {why}"
-        self.emit("verify-failed", message, names=report.failed, address=where,
-                  duration=round(report.duration, 3),
-                  include=[i.line for i in self.deployment.includes] if self.deployment and
-                  self.deployment.includes else None)
+        fields: dict[str, object] = {
+            "names": report.failed, "address": _where(report.address),
+            "duration": round(report.duration, 3), "switching": report.ok or None,
+            "old": old or None, "other": other or None, "unreachable": unreachable or None,
+            "explanation": why or None,
+            "include": [i.line for i in self.deployment.includes] if self.deployment and
+            self.deployment.includes else None}
+        self.emit("verify-failed", **fields)
+        message = render("verify-failed", {k: v for k, v in fields.items() if v is not None},
+                         self.site.name)
         return VerifyFailed(message, names=report.failed, hint=hint)
 
     def explain_mismatch(self) -> tuple[str, str]:
@@ -414,8 +394,8 @@ class _Transaction:
             return
         allowed = self.storage.key_mode if isinstance(self.storage, KnowsKeyMode) else 0o600
         if mode & ~allowed:
-            self.emit("warning", f"{key} has mode {mode:o}: others may read the private key "
-                      f"(expected {allowed:o}); run `chmod {allowed:o}` on it", level=4)
+            self.emit("warning", warning="key-mode", path=key, mode=mode, expected=allowed,
+                      level=4)
 
 
 def check_pair(version: CertVersion) -> None:

@@ -146,7 +146,8 @@ class Events:
         material and tokens) and hand it to every sink, in order. Never raises.
 
         The event's text is `messages.render(kind, fields)` (the one place where an event
-        becomes words); an explicit `message` is still accepted and wins."""
+        becomes words); an explicit `message` wins: for tests and tools only, mamoru's own
+        code never passes one (tests/unit/test_messages.py checks)."""
         level = fields.pop("level", -1)  # an explicit syslog priority overrides the kind's
         present = {k: v for k, v in fields.items() if v is not None}
         text = message if message is not None else render(kind, present, site=site)

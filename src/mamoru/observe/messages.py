@@ -140,6 +140,14 @@ def _check(site: str, f: _Need) -> str:
         else " (every name: certificate, redirect, HSTS, mixed content)")
 
 
+def _account(site: str, f: _Need) -> str:
+    if not f.get("replaced"):
+        return f"using ACME account {f['account']}"
+    again = (f"a new account {f['account']} with a new key (the old key is kept aside)"
+             if f.get("new_key") else f"the same key again as {f['account']}")
+    return f"the CA no longer knew ACME account {f['previous']} ({f['why']}); registered {again}"
+
+
 # --- installing -----------------------------------------------------------------------------------
 
 
@@ -255,12 +263,15 @@ MESSAGES: dict[str, Message] = {
         f"answered {plural(len(f['names']), f.get('challenge_type', 'http-01') + ' challenge')}")),
     "validated": Message((), lambda site, f: "the CA validated every name"),
     # app.py
-    "account": Message(("account",), lambda site, f: f"using ACME account {f['account']}"),
+    "account": Message(("account",), _account),
     # install/transaction.py
     "installed": Message(("version",), _installed),
     "config-test": Message(("server",), _config_test),
     "reloaded": Message(("server", "command"), lambda site, f: (
         f"{f['server']} reloaded (`{f['command']}`)")),
+    "server-unreachable": Message(("server", "address"), lambda site, f: (
+        f"nothing answers at {f['address']}: the {f['server']} server looks down, so it was not "
+        "reloaded; it serves the new certificate when it starts")),
     "verified": Message(("serial", "address", "duration"), lambda site, f: (
         f"every name serves certificate {f['serial']} at {f['address']} "
         f"({float(f['duration']):.2f} s after the reload)")),

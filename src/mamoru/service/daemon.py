@@ -153,8 +153,8 @@ class Daemon:
                 if signum == signal.SIGHUP:
                     self.reload()
                 elif signum in (signal.SIGTERM, signal.SIGINT):
-                    self.app.events.emit("stopping", None, f"{signal.Signals(signum).name}: "
-                                         "stopping (in-flight work is cancelled safely)")
+                    self.app.events.emit("stopping", None,
+                                         signal=signal.Signals(signum).name)
                     return
 
     # -- start and stop --------------------------------------------------------------------
@@ -179,8 +179,8 @@ class Daemon:
                 coalesce=True, max_instances=1, misfire_grace_time=None,
                 next_run_time=self.app.clock())
         status = self.status_text()
-        self.app.events.emit("started", None, f"mamoru run: {status}",
-                             sites=len(settings.sites), config=self.config_path,
+        self.app.events.emit("started", None, status=status, sites=len(settings.sites),
+                             config=self.config_path,
                              max_concurrent_orders=settings.acme.max_concurrent_orders)
         self.notifier.ready(status)
 
@@ -198,9 +198,8 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         left = self._wait_idle(STOP_GRACE_SECONDS)
-        self.app.events.emit("stopped", None, "mamoru run stopped" + (
-            f"; abandoned {', '.join(left)} after {STOP_GRACE_SECONDS:g} s" if left else ""),
-            abandoned=left or None)
+        self.app.events.emit("stopped", None, abandoned=left or None,
+                             grace=STOP_GRACE_SECONDS if left else None)
         self.app.events.close(EVENTS_CLOSE_SECONDS)
         self.notifier.close()
         if left:
@@ -260,12 +259,10 @@ class Daemon:
         if recovered is not None:
             retry, since = recovered
             self.app.events.emit(
-                "failed", site.name, f"the attempt started at {since} was interrupted (the "
-                "process stopped mid-way); counted as a failed attempt",
-                error_class="Interrupted", retryable=True, next_attempt=retry,
+                "failed", site.name, since=since, error_class="Interrupted", retryable=True,
+                next_attempt=retry,
                 outcome="failed", names=list(site.domains))
-            self.app.events.emit("backoff", site.name, f"next attempt {retry:%Y-%m-%d %H:%M:%S}"
-                                 " UTC (after an interrupted attempt)", next_due=retry,
+            self.app.events.emit("backoff", site.name, next_due=retry,
                                  why="backoff after an interrupted attempt",
                                  error_class="Interrupted")
         state = self.app.storage.load_state(site.name)
@@ -359,16 +356,15 @@ class Daemon:
             new = load_config(self.config_path)
         except MamoruError as error:
             problems = [str(p) for p in getattr(error, "problems", [])] or None
-            self.app.events.emit("config-rejected", None, f"config reload failed; still running "
-                                 f"the previous config: {error}", level=3, problems=problems,
-                                 config=self.config_path)
+            self.app.events.emit("config-rejected", None, error=str(error), level=3,
+                                 problems=problems, config=self.config_path)
             self.notifier.ready(f"config reload FAILED, previous config in force; "
                                 f"{self.status_text()}")
             return
         for warning in new.warnings:
-            self.app.events.emit("warning", None, f"config: {warning}")
+            self.app.events.emit("warning", None, warning="config", note=str(warning))
         summary = self.apply(new)
-        self.app.events.emit("config-reloaded", None, f"config reloaded: {summary}",
+        self.app.events.emit("config-reloaded", None, summary=summary,
                              config=self.config_path)
         self.notifier.ready(self.status_text())
 
@@ -377,8 +373,7 @@ class Daemon:
         old = self.app.settings
         fixed = [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
         if fixed:
-            self.app.events.emit("warning", None, f"config: changes to {', '.join(fixed)} take "
-                                 "effect at the next restart (`systemctl restart mamoru`)")
+            self.app.events.emit("warning", None, warning="restart-needed", settings=fixed)
             new = dataclasses.replace(new, **{name: getattr(old, name) for name in fixed})
         acme_changed = old.acme != new.acme
         self.app.settings = new
