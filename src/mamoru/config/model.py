@@ -46,6 +46,7 @@ class Eab:
 
 @dataclass(frozen=True)
 class AcmeSettings:
+    """The `acme:` section: which CA, how to reach it, and the account's details."""
     directory: str  # the directory URL (aliases already resolved)
     ca_bundle: str | None = None
     contact: tuple[str, ...] = D.ACME_CONTACT
@@ -58,6 +59,7 @@ class AcmeSettings:
 
 @dataclass(frozen=True)
 class Paths:
+    """The `paths:` section: where mamoru keeps its state, the live certificates and its log."""
     state: str
     live: str
     event_log: str
@@ -68,6 +70,7 @@ class Paths:
 
 @dataclass(frozen=True)
 class Challenge:
+    """A site's `challenge:`: how mamoru proves control of its names (http-01)."""
     type: str = D.CHALLENGE_TYPE
     webroot: str | None = None
     standalone: tuple[str, int] | None = None  # (host, port) mamoru listens on itself
@@ -94,6 +97,7 @@ class Server:
 
 @dataclass(frozen=True)
 class Site:
+    """One entry of `sites:`: the names on one certificate, and how to get and install it."""
     name: str
     domains: tuple[str, ...]  # A-labels, lower case, validated
     key: str = D.SITE_KEY
@@ -102,13 +106,10 @@ class Site:
     server: Server = field(default_factory=Server)
     line: int | None = None  # where the site starts in the config file
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.domains
-
 
 @dataclass(frozen=True)
 class RenewalSettings:
+    """The `renewal:` section: how often sites are looked at, and the retry schedule."""
     check_interval_hours: float = D.RENEWAL_CHECK_INTERVAL_HOURS
     retry_first_seconds: float = D.RENEWAL_RETRY_FIRST_SECONDS
     retry_max_seconds: float = D.RENEWAL_RETRY_MAX_SECONDS
@@ -118,6 +119,7 @@ class RenewalSettings:
 
 @dataclass(frozen=True)
 class EmailAlerts:
+    """`alerts.email:`: the SMTP relay and who gets the alert mails."""
     host: str
     port: int
     sender: str
@@ -131,6 +133,7 @@ class EmailAlerts:
 
 @dataclass(frozen=True)
 class WebhookAlerts:
+    """`alerts.webhook:`: where alerts are POSTed, signed with the secret if given."""
     url: str
     secret: Secret | None = None
     timeout: float = D.ALERT_TIMEOUT
@@ -139,6 +142,7 @@ class WebhookAlerts:
 
 @dataclass(frozen=True)
 class AlertSettings:
+    """The `alerts:` section: when to alert, and the channels to alert on."""
     email: EmailAlerts | None = None
     webhook: WebhookAlerts | None = None
     after_failures: int = D.ALERTS_AFTER_FAILURES
@@ -148,6 +152,7 @@ class AlertSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
+    """The `metrics:` section: a Prometheus endpoint and/or a textfile."""
     listen: tuple[str, int] | None = None
     textfile: str | None = None
 
@@ -163,6 +168,7 @@ class CheckSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """A whole config, validated, with every default applied (see load.py)."""
     config_file: str
     acme: AcmeSettings
     paths: Paths
