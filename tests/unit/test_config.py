@@ -299,3 +299,11 @@ def test_the_python_yaml_composer_refuses_aliases_and_anchors_too(
         "c.yaml:1: YAML: aliases (*name) are not allowed in a mamoru config"]
     assert problems("a: &x [1]\n") == [
         "c.yaml:1: YAML: anchors (&name) are not allowed in a mamoru config"]
+    assert problems("acme:\n  directory: \x00\n") == [
+        "c.yaml:2: YAML: unacceptable character #x0000: special characters are not allowed"]
+    # PyYAML's composer recurses: a deep document is refused before Python's stack runs out.
+    for depth in (40, 1200):
+        deep = "sites: " + "[" * depth + "]" * depth + "\n"
+        found = problems(deep)
+        assert any(p.startswith("c.yaml:1: ") and "nested more than 32 levels deep" in p
+                   for p in found), found

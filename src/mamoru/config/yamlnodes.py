@@ -24,6 +24,9 @@ _STANDARD_TAGS = {
 }
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_DEPTH = 32
+# The pure-Python composer stops at twice that, so a document that is merely too deep gets the
+# same located message from _convert with either composer.
+_MAX_COMPOSE_DEPTH = 2 * _MAX_DEPTH
 
 
 @dataclass
@@ -72,8 +75,10 @@ def kind(node: Node) -> str:
 def compose(text: str, problems: Problems) -> Node | None:
     """The document in `text` as a Node tree; None (with the problem recorded) when it is not
     YAML mamoru accepts or is empty."""
-    loader = _StrictLoader(text) if _CLoader is None else _CLoader(text)
+    loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
     try:
+        # PyYAML's own reader already checks the characters here (a ReaderError).
+        loader = _StrictLoader(text) if _CLoader is None else _CLoader(text)
         if _CLoader is not None:
             for event in yaml.parse(text, Loader=yaml.CSafeLoader):
                 _refuse_alias_or_anchor(event)
@@ -90,7 +95,8 @@ def compose(text: str, problems: Problems) -> Node | None:
         problems.error(line, "", f"YAML: {str(error).splitlines()[0]}")
         return None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         problems.error(1, "", "the config is empty (it needs at least acme: and sites:)")
         return None
@@ -112,11 +118,26 @@ def _refuse_alias_or_anchor(event: Any) -> None:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and anchors while composing."""
+    """SafeLoader that refuses aliases and anchors while composing, and documents nested so
+    deep that its recursive composer would exhaust Python's stack (libyaml's composer, in C,
+    has no such limit: there `_convert` refuses them, with the path)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
 
     def compose_node(self, parent: YamlNode | None, index: Any) -> YamlNode | None:
-        _refuse_alias_or_anchor(self.peek_event())  # type: ignore[no-untyped-call]
-        return super().compose_node(parent, index)
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        _refuse_alias_or_anchor(event)
+        if self._depth > _MAX_COMPOSE_DEPTH:
+            raise yaml.MarkedYAMLError(
+                None, None, f"nested more than {_MAX_DEPTH} levels deep", event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 # libyaml's parser, when PyYAML was built with it: 30 times faster on a vendor's config with a
