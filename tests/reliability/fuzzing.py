@@ -10,8 +10,8 @@ Three kinds of input, mixed:
 * arbitrary text, including control characters and non-BMP code points.
 
 The property: `load_config_text` returns a `Settings` whose names are safe to use in paths, or
-raises `ConfigError` whose every problem names the file (and a line when it has one). Anything
-else is a traceback, i.e. a bug.
+raises `ConfigError` whose every problem names the file and a line within it, and reads
+`FILE:LINE: path: message` as the user sees it. Anything else is a traceback, i.e. a bug.
 """
 
 from __future__ import annotations
@@ -215,17 +215,28 @@ inputs = st.one_of(documents, mutated(), near_valid(), near_valid(), nested,
                            max_size=80))
 
 
+# What YAML counts as a line break (YAML 1.1 §5.4), so a problem's line can be checked against
+# the text's lines.
+_YAML_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
 def check_config_text(text: str) -> Settings | None:
     """The property (see the module docstring). Returns the Settings when the text was valid."""
     try:
         settings = load_config_text(text, FILENAME)
     except ConfigError as error:
         assert error.problems, "a ConfigError without problems"
+        # A syntax error at the very end of the input is reported on the line after the last.
+        last_line = len(_YAML_LINE_BREAK.split(text)) + 1
         for problem in error.problems:
             assert problem.file == FILENAME, problem
-            assert problem.line is not None and problem.line >= 1, problem
+            assert problem.line is not None and 1 <= problem.line <= last_line, problem
             assert problem.message, problem
-            assert str(problem).startswith(FILENAME + ":") or str(problem).startswith(FILENAME)
+            assert problem.severity == "error", problem
+            # What the user reads: FILE:LINE: path: message, with nothing dropped.
+            label = f"{problem.path}: " if problem.path else ""
+            assert str(problem) == f"{FILENAME}:{problem.line}: {label}{problem.message}", problem
+            assert str(problem) in str(error), problem
         return None
     for configured in settings.sites:
         assert SITE_NAME.match(configured.name), configured.name

@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mamoru.config import load_config
 from mamoru.config.names import SITE_NAME, NameError_, check_site_name, normalize_domain
-from mamoru.errors import ConfigError
+from mamoru.errors import ConfigError, ConfigProblem
 from tests.reliability.fuzzing import HOSTILE_NAMES, SAFE_DOMAIN, check_config_text, inputs
 
 CI_EXAMPLES = 300
@@ -65,3 +66,21 @@ def test_a_site_name_is_a_safe_path_component_or_a_plain_error(raw: str) -> None
     except NameError_:
         return
     assert SITE_NAME.match(name) and "/" not in name and not name.startswith(".")
+
+
+def test_the_property_fails_when_a_problem_loses_its_line_or_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property itself can fail: a problem rendered without its line, or without its key,
+    is caught (a user could not find the place in the file)."""
+    text = "acme: {timeout: yes}\nsites: {}\n"
+    check_config_text(text)
+    renderings = {
+        "without the line": lambda p: f"{p.file}: {p.path}: {p.message}",
+        "without the path": lambda p: f"{p.file}:{p.line}: {p.message}",
+    }
+    for what, render in renderings.items():
+        monkeypatch.setattr(ConfigProblem, "__str__", render)
+        with pytest.raises(AssertionError):
+            check_config_text(text)
+            pytest.fail(f"a problem rendered {what} passed the property")
+        monkeypatch.undo()

@@ -198,3 +198,112 @@ def test_check_config_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"{bad}:5: sites.clinic.domains[0]" in err
     assert f"{bad}:7: bogus: unknown key" in err
     assert os.path.exists(bad)
+
+
+def test_a_config_that_leaves_everything_out_gets_the_dataclass_defaults() -> None:
+    """The loader and the dataclasses take their defaults from the same table."""
+    from mamoru.config import defaults as D
+    from mamoru.config.model import (
+        AcmeSettings,
+        AlertSettings,
+        Challenge,
+        CheckSettings,
+        MetricsSettings,
+        Paths,
+        RenewalSettings,
+        Server,
+    )
+
+    settings = load_config_text(MINIMAL, "c.yaml")
+    assert settings.acme == AcmeSettings(directory="https://ca.example/dir")
+    assert settings.paths == Paths(state=D.PATHS_STATE, live=D.PATHS_LIVE,
+                                   event_log=D.PATHS_EVENT_LOG)
+    assert settings.renewal == RenewalSettings()
+    assert settings.alerts == AlertSettings()
+    assert settings.metrics == MetricsSettings()
+    assert settings.check == CheckSettings()
+    site = settings.site("clinic")
+    assert site.server == Server()
+    assert site.challenge == Challenge(webroot="/var/www/clinic")
+    with_server = load_config_text(MINIMAL + "    server: {type: none}\n", "c.yaml")
+    assert with_server.site("clinic").server == Server()
+    assert load_config_text(MINIMAL.replace("https://ca.example/dir", D.ACME_DIRECTORY)
+                            ).acme.directory == D.DIRECTORIES[D.ACME_DIRECTORY]
+
+
+def _default_literals(path: Path) -> list[str]:
+    """Defaults written as literals in `path`: dataclass field defaults, and the `default`
+    argument of the field reader's getters (the second positional one, or `default=`)."""
+    import ast
+
+    getters = {"text", "number", "flag", "path_value", "value", "listen"}
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[str] = []
+
+    def check(node: ast.expr | None, where: str) -> None:
+        if node is None or (isinstance(node, ast.Constant) and node.value is None):
+            return  # None: "not set", not a default value
+        if isinstance(node, ast.Name):
+            return  # a default handed through (the reader's own `default` parameter)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "D":
+            return  # a name from defaults.py
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "field" and all(k.arg == "default_factory"
+                                                    for k in node.keywords):
+            return  # another dataclass of the model, itself defaulted from defaults.py
+        found.append(f"{path.name}:{node.lineno}: {where} = {ast.unparse(node)}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for statement in node.body:
+                if isinstance(statement, ast.AnnAssign):
+                    check(statement.value, f"{node.name}.{ast.unparse(statement.target)}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in getters:
+            key = ast.unparse(node.args[0]) if node.args else "?"
+            positional = node.args[3] if node.func.attr == "value" else (
+                node.args[1] if len(node.args) > 1 else None)
+            check(positional, f"{node.func.attr}({key})")
+            for keyword in node.keywords:
+                if keyword.arg == "default":
+                    check(keyword.value, f"{node.func.attr}({key})")
+    return found
+
+
+def test_defaults_live_only_in_defaults_py(tmp_path: Path) -> None:
+    config = ROOT / "src" / "mamoru" / "config"
+    found = [line for name in ("model.py", "schema.py", "secrets.py", "fields.py", "load.py")
+             for line in _default_literals(config / name)]
+    assert not found, "defaults outside config/defaults.py:\n" + "\n".join(found)
+    # The check itself can fail: a literal default in a dataclass or in a getter call is caught.
+    bad = tmp_path / "bad.py"
+    bad.write_text("class X:\n    port: int = 587\n    ok: str | None = None\n"
+                   "def f(m):\n    m.number('port', 587, minimum=1, maximum=2)\n"
+                   "    m.flag('x', default=True)\n    m.text('y', D.Y)\n")
+    assert [line.split(": ", 1)[1] for line in _default_literals(bad)] == [
+        "X.port = 587", "number('port') = 587", "flag('x') = True"]
+
+
+def test_the_python_yaml_composer_refuses_aliases_and_anchors_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without libyaml, PyYAML's own composer runs, with the same refusals and messages."""
+    from mamoru.config import yamlnodes
+
+    with_c = {text: problems(text) for text in ("acme: *nothing\n", "a: &x [1]\nb: *x\n",
+                                                 "sites:\n  <<: {a: 1}\n")}
+    monkeypatch.setattr(yamlnodes, "_CLoader", None)
+    for text, found in with_c.items():
+        assert problems(text) == found
+    assert problems("acme: *nothing\n") == [
+        "c.yaml:1: YAML: aliases (*name) are not allowed in a mamoru config"]
+    assert problems("a: &x [1]\n") == [
+        "c.yaml:1: YAML: anchors (&name) are not allowed in a mamoru config"]
+    assert problems("acme:\n  directory: \x00\n") == [
+        "c.yaml:2: YAML: unacceptable character #x0000: special characters are not allowed"]
+    # PyYAML's composer recurses: a deep document is refused before Python's stack runs out.
+    for depth in (40, 1200):
+        deep = "sites: " + "[" * depth + "]" * depth + "\n"
+        found = problems(deep)
+        assert any(p.startswith("c.yaml:1: ") and "nested more than 32 levels deep" in p
+                   for p in found), found

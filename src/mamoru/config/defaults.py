@@ -1,13 +1,20 @@
-"""Every default value of the config, in one table.
+"""Every default value of the config, in one table: the only place a default lives.
 
-The loader fills these in; `config.example.yaml` documents them; nothing else in mamoru
-hard-codes a default a user could want to change.
+The loader (`schema.py`) passes these for a key the config leaves out, and the dataclasses of
+`model.py` name the same constants as their field defaults, so a `Settings` built in code and
+one read from a file agree. `None` ("not set") is the one default spelled as a literal
+elsewhere. `config.example.yaml` documents these values; nothing else in mamoru hard-codes a
+default a user could want to change. Limits (the range a number may take) are not defaults and
+stay with the key they bound, in `schema.py`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from mamoru.netaddr import LOCALHOST
+
+# --- where the config is --------------------------------------------------------------------------
 CONFIG_PATH: Final = "/etc/mamoru/config.yaml"
 CONFIG_ENV: Final = "MAMORU_CONFIG"
 
@@ -17,42 +24,66 @@ DIRECTORIES: Final[dict[str, str]] = {
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
 
-DEFAULTS: Final[dict[str, object]] = {
-    "acme.directory": "letsencrypt",
-    # Orders in flight at once against one CA: fast for a vendor's many sites, gentle on the CA.
-    "acme.max_concurrent_orders": 4,
-    # Seconds for one HTTP exchange with the CA (connect + read).
-    "acme.timeout": 30,
-    # Seconds an order may take from creation to a downloaded certificate.
-    "acme.order_timeout": 300,
-    "paths.state": "/var/lib/mamoru",
-    "paths.live": "/etc/mamoru/live",
-    "paths.event_log": "/var/log/mamoru/events.jsonl",
-    # Rotate the event log in-process when it passes this size; keep this many old files.
-    "paths.event_log_max_bytes": 10 * 1024 * 1024,
-    "paths.event_log_keep": 5,
-    "site.key": "ec-p256",
-    "challenge.type": "http-01",
-    "server.type": "none",
-    "server.mode": "site",
-    "server.listen.https": "443",
-    "server.listen.http": "80",
-    "server.redirect": True,
-    "server.hsts": 0,
-    # Seconds to wait for the config test and the reload command.
-    "server.command_timeout": 60,
-    # Seconds to keep handshaking until every name serves the new certificate.
-    "server.verify_timeout": 10,
-    "renewal.check_interval_hours": 12,
-    "renewal.retry_first_seconds": 60,
-    "renewal.retry_max_seconds": 6 * 3600,
-    "renewal.permanent_retry_seconds": 12 * 3600,
-    "renewal.jitter_fraction": 0.1,
-    "alerts.after_failures": 1,
-    "alerts.days_left": 7,
-    "alerts.remind_hours": 24,
-}
+# --- acme: ----------------------------------------------------------------------------------------
+ACME_DIRECTORY: Final = "letsencrypt"
+ACME_CONTACT: Final[tuple[str, ...]] = ()  # no contact address: the CA gets none
+# Orders in flight at once against one CA: fast for a vendor's many sites, gentle on the CA.
+ACME_MAX_CONCURRENT_ORDERS: Final = 4
+# Seconds for one HTTP exchange with the CA (connect + read).
+ACME_TIMEOUT: Final = 30
+# Seconds an order may take from creation to a downloaded certificate.
+ACME_ORDER_TIMEOUT: Final = 300
 
+# --- paths: ---------------------------------------------------------------------------------------
+PATHS_STATE: Final = "/var/lib/mamoru"
+PATHS_LIVE: Final = "/etc/mamoru/live"
+PATHS_EVENT_LOG: Final = "/var/log/mamoru/events.jsonl"
+# Rotate the event log in-process when it passes this size; keep this many old files.
+PATHS_EVENT_LOG_MAX_BYTES: Final = 10 * 1024 * 1024
+PATHS_EVENT_LOG_KEEP: Final = 5
+
+# --- sites.<name>: --------------------------------------------------------------------------------
+SITE_KEY: Final = "ec-p256"
+CHALLENGE_TYPE: Final = "http-01"
+# Where a listen or connect address without a host points (standalone, verify, metrics).
+ADDRESS_HOST: Final = LOCALHOST
+# Answering challenges on a non-loopback address must be asked for.
+CHALLENGE_STANDALONE_PUBLIC: Final = False
+SERVER_TYPE: Final = "none"
+SERVER_MODE: Final = "site"
+SERVER_LISTEN_HTTPS: Final = "443"
+SERVER_LISTEN_HTTP: Final = "80"
+SERVER_REDIRECT: Final = True
+SERVER_HSTS: Final = 0  # no Strict-Transport-Security header
+# Seconds to wait for the config test and the reload command.
+SERVER_COMMAND_TIMEOUT: Final = 60
+# Seconds to keep handshaking until every name serves the new certificate.
+SERVER_VERIFY_TIMEOUT: Final = 10
+
+# --- renewal: -------------------------------------------------------------------------------------
+RENEWAL_CHECK_INTERVAL_HOURS: Final = 12
+RENEWAL_RETRY_FIRST_SECONDS: Final = 60
+RENEWAL_RETRY_MAX_SECONDS: Final = 6 * 3600
+RENEWAL_PERMANENT_RETRY_SECONDS: Final = 12 * 3600
+RENEWAL_JITTER_FRACTION: Final = 0.1
+
+# --- alerts: --------------------------------------------------------------------------------------
+ALERTS_AFTER_FAILURES: Final = 1
+ALERTS_DAYS_LEFT: Final = 7
+ALERTS_REMIND_HOURS: Final = 24
+EMAIL_PORT: Final = 587  # SMTP submission
+EMAIL_STARTTLS: Final = True
+# Seconds for one delivery of an alert (an SMTP session, a webhook POST).
+ALERT_TIMEOUT: Final = 10
+
+# --- check: ---------------------------------------------------------------------------------------
+CHECK_AFTER_INSTALL: Final = True
+CHECK_TIMEOUT: Final = 5.0  # seconds per connection
+
+# --- what a loaded config carries besides the keys ------------------------------------------------
+WARNINGS: Final[tuple[str, ...]] = ()  # a config read without remarks has none
+
+# --- the values some keys may take ----------------------------------------------------------------
 KEY_TYPES: Final = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CHALLENGE_TYPES: Final = ("http-01",)
 SERVER_TYPES: Final = ("nginx", "apache", "command", "none")

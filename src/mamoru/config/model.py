@@ -1,6 +1,7 @@
-"""The typed config model: frozen dataclasses, filled in by `load.py` with every default applied.
+"""The typed config model: frozen dataclasses, filled in by `schema.py` with every default applied.
 
-Nothing here reads files or validates; by the time a `Settings` exists it is known good.
+Nothing here reads files or validates; by the time a `Settings` exists it is known good. A field
+default is a name from `defaults.py` (or None, "not set"), never a value of its own.
 Secrets (the EAB HMAC key, SMTP password, webhook secret) are held in `Secret`, whose repr and
 str never show the value, so a stray log line or traceback cannot leak them.
 """
@@ -8,6 +9,8 @@ str never show the value, so a stray log line or traceback cannot leak them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from mamoru.config import defaults as D
 
 
 class Secret:
@@ -43,29 +46,32 @@ class Eab:
 
 @dataclass(frozen=True)
 class AcmeSettings:
+    """The `acme:` section: which CA, how to reach it, and the account's details."""
     directory: str  # the directory URL (aliases already resolved)
     ca_bundle: str | None = None
-    contact: tuple[str, ...] = ()
+    contact: tuple[str, ...] = D.ACME_CONTACT
     eab: Eab | None = None
     profile: str | None = None
-    max_concurrent_orders: int = 4
-    timeout: float = 30.0
-    order_timeout: float = 300.0
+    max_concurrent_orders: int = D.ACME_MAX_CONCURRENT_ORDERS
+    timeout: float = D.ACME_TIMEOUT
+    order_timeout: float = D.ACME_ORDER_TIMEOUT
 
 
 @dataclass(frozen=True)
 class Paths:
+    """The `paths:` section: where mamoru keeps its state, the live certificates and its log."""
     state: str
     live: str
     event_log: str
-    event_log_max_bytes: int = 10 * 1024 * 1024
-    event_log_keep: int = 5
+    event_log_max_bytes: int = D.PATHS_EVENT_LOG_MAX_BYTES
+    event_log_keep: int = D.PATHS_EVENT_LOG_KEEP
     key_group: str | None = None  # group allowed to read keys (0640/0750 instead of 0600/0700)
 
 
 @dataclass(frozen=True)
 class Challenge:
-    type: str = "http-01"
+    """A site's `challenge:`: how mamoru proves control of its names (http-01)."""
+    type: str = D.CHALLENGE_TYPE
     webroot: str | None = None
     standalone: tuple[str, int] | None = None  # (host, port) mamoru listens on itself
 
@@ -74,77 +80,79 @@ class Challenge:
 class Server:
     """How a site's certificate reaches its web server (see mamoru.install)."""
 
-    type: str = "none"  # nginx | apache | command | none
-    mode: str = "site"  # site | include
+    type: str = D.SERVER_TYPE  # nginx | apache | command | none
+    mode: str = D.SERVER_MODE  # site | include
     conf_dir: str | None = None
-    listen_https: str = "443"
-    listen_http: str = "80"
+    listen_https: str = D.SERVER_LISTEN_HTTPS
+    listen_http: str = D.SERVER_LISTEN_HTTP
     root: str | None = None
     test: tuple[str, ...] | None = None
     reload: tuple[str, ...] | None = None
     verify: tuple[str, int] | None = None  # where to handshake; default 127.0.0.1:<https port>
-    redirect: bool = True
-    hsts: int = 0
-    command_timeout: float = 60.0
-    verify_timeout: float = 10.0
+    redirect: bool = D.SERVER_REDIRECT
+    hsts: int = D.SERVER_HSTS
+    command_timeout: float = D.SERVER_COMMAND_TIMEOUT
+    verify_timeout: float = D.SERVER_VERIFY_TIMEOUT
 
 
 @dataclass(frozen=True)
 class Site:
+    """One entry of `sites:`: the names on one certificate, and how to get and install it."""
     name: str
     domains: tuple[str, ...]  # A-labels, lower case, validated
-    key: str = "ec-p256"
+    key: str = D.SITE_KEY
     profile: str | None = None
     challenge: Challenge = field(default_factory=Challenge)
     server: Server = field(default_factory=Server)
     line: int | None = None  # where the site starts in the config file
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.domains
-
 
 @dataclass(frozen=True)
 class RenewalSettings:
-    check_interval_hours: float = 12.0
-    retry_first_seconds: float = 60.0
-    retry_max_seconds: float = 6 * 3600.0
-    permanent_retry_seconds: float = 12 * 3600.0
-    jitter_fraction: float = 0.1
+    """The `renewal:` section: how often sites are looked at, and the retry schedule."""
+    check_interval_hours: float = D.RENEWAL_CHECK_INTERVAL_HOURS
+    retry_first_seconds: float = D.RENEWAL_RETRY_FIRST_SECONDS
+    retry_max_seconds: float = D.RENEWAL_RETRY_MAX_SECONDS
+    permanent_retry_seconds: float = D.RENEWAL_PERMANENT_RETRY_SECONDS
+    jitter_fraction: float = D.RENEWAL_JITTER_FRACTION
 
 
 @dataclass(frozen=True)
 class EmailAlerts:
+    """`alerts.email:`: the SMTP relay and who gets the alert mails."""
     host: str
     port: int
     sender: str
     to: tuple[str, ...]
-    starttls: bool = True
+    starttls: bool = D.EMAIL_STARTTLS
     username: str | None = None
     password: Secret | None = None
-    timeout: float = 10.0
+    timeout: float = D.ALERT_TIMEOUT
     ca_bundle: str | None = None  # trust for STARTTLS; default: the system store
 
 
 @dataclass(frozen=True)
 class WebhookAlerts:
+    """`alerts.webhook:`: where alerts are POSTed, signed with the secret if given."""
     url: str
     secret: Secret | None = None
-    timeout: float = 10.0
+    timeout: float = D.ALERT_TIMEOUT
     ca_bundle: str | None = None
 
 
 @dataclass(frozen=True)
 class AlertSettings:
+    """The `alerts:` section: when to alert, and the channels to alert on."""
     email: EmailAlerts | None = None
     webhook: WebhookAlerts | None = None
-    after_failures: int = 1
-    days_left: float = 7.0
-    remind_hours: float = 24.0
+    after_failures: int = D.ALERTS_AFTER_FAILURES
+    days_left: float = D.ALERTS_DAYS_LEFT
+    remind_hours: float = D.ALERTS_REMIND_HOURS
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
+    """The `metrics:` section: a Prometheus endpoint and/or a textfile."""
     listen: tuple[str, int] | None = None
     textfile: str | None = None
 
@@ -153,13 +161,14 @@ class MetricsSettings:
 class CheckSettings:
     """The browser's-eye check run after every install (mamoru.check.report)."""
 
-    after_install: bool = True
+    after_install: bool = D.CHECK_AFTER_INSTALL
     ca_bundle: str | None = None  # trust for the check; default: the system store
-    timeout: float = 5.0
+    timeout: float = D.CHECK_TIMEOUT
 
 
 @dataclass(frozen=True)
 class Settings:
+    """A whole config, validated, with every default applied (see load.py)."""
     config_file: str
     acme: AcmeSettings
     paths: Paths
@@ -168,7 +177,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = D.WARNINGS
 
     def site(self, name: str) -> Site:
         for site in self.sites:

@@ -1,0 +1,186 @@
+"""The typed field reader: one YAML mapping read key by key, every problem recorded with its place.
+
+A `Fields` wraps one mapping `Node` and its config path (`sites.clinic.server`). Its getters
+(`text`, `number`, `flag`, `path_value`, `argv`, `address`, `listen`, `items_of`) return the
+value, or the default the caller passes (from `defaults.py`) when the key is absent, and record
+a problem as `FILE:LINE: path.to.key: message` when the value has the wrong type or is out of
+range; reading goes on, so every problem of a file is reported at once. `finish()` reports the
+keys nobody asked for as unknown, with a "did you mean" for a near miss.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from mamoru.config.yamlnodes import Node, Problems, kind
+from mamoru.netaddr import parse_address
+
+REQUIRED: Any = object()  # the default of a key that must be given
+
+# A bare port is a valid listen setting; this host only lets parse_address accept one.
+_ANY_HOST = "0.0.0.0"  # noqa: S104 - only parsed, never bound
+
+
+class Fields:
+    """Reads the keys of one YAML mapping, records problems, and reports unknown keys at
+    finish()."""
+
+    def __init__(self, problems: Problems, node: Node | None, path: str, *,
+                 required: bool = False, parent_line: int | None = None) -> None:
+        self.problems = problems
+        self.path = path
+        self.line = node.line if node else parent_line
+        self.items: dict[str, tuple[int, Node]] = {}
+        self.used: set[str] = set()
+        self.present = node is not None
+        if node is not None and not isinstance(node.value, dict):
+            if not (node.value is None and not required):
+                problems.error(node.line, path, f"must be a mapping (key: value), not {kind(node)}")
+            self.present = False
+        elif node is not None:
+            self.items = node.value
+        elif required:
+            problems.error(parent_line, path, "is required")
+
+    def child_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> None:
+        """Record a problem of `key`, at the key's line (the mapping's when it is absent)."""
+        self.problems.error(self.key_line(key), self.child_path(key), message)
+
+    def node(self, key: str) -> Node | None:
+        self.used.add(key)
+        entry = self.items.get(key)
+        return entry[1] if entry else None
+
+    def key_line(self, key: str) -> int | None:
+        entry = self.items.get(key)
+        return entry[0] if entry else self.line
+
+    def has(self, key: str) -> bool:
+        return key in self.items
+
+    def sub(self, key: str, *, required: bool = False) -> Fields:
+        return Fields(self.problems, self.node(key), self.child_path(key), required=required,
+                      parent_line=self.line)
+
+    def value(self, key: str, types: tuple[type, ...], what: str, default: Any = REQUIRED) -> Any:
+        node = self.node(key)
+        path = self.child_path(key)
+        if node is None or node.value is None:
+            if default is REQUIRED:
+                self.problems.error(self.line, path, "is required")
+                return None
+            return default
+        value = node.value
+        if isinstance(value, bool) and bool not in types:
+            self.problems.error(node.line, path, f"must be {what}, not a true/false value")
+            return default if default is not REQUIRED else None
+        if not isinstance(value, types):
+            self.problems.error(node.line, path, f"must be {what}, not {kind(node)}")
+            return default if default is not REQUIRED else None
+        return value
+
+    def text(self, key: str, default: Any = REQUIRED, *, choices: tuple[str, ...] | None = None
+             ) -> Any:
+        value = self.value(key, (str,), "a string", default)
+        if isinstance(value, str) and choices is not None and value not in choices:
+            self.error(key, f"{value!r} is not one of: {', '.join(choices)}")
+        if isinstance(value, str) and "\x00" in value:
+            self.error(key, "contains a NUL character")
+            return None
+        return value
+
+    def number(self, key: str, default: Any, *, minimum: float, maximum: float,
+               integer: bool = False) -> Any:
+        types: tuple[type, ...] = (int,) if integer else (int, float)
+        value = self.value(key, types, "a whole number" if integer else "a number", default)
+        if isinstance(value, int | float) and not (minimum <= value <= maximum):
+            self.error(key, f"{value} is out of range ({minimum:g} to {maximum:g})")
+            return default
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.value(key, (bool,), "true or false", default))
+
+    def path_value(self, key: str, default: Any = REQUIRED) -> Any:
+        """An absolute file system path."""
+        value = self.text(key, default)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            self.error(key, f"{value!r} must be an absolute path")
+        return value
+
+    def argv(self, key: str) -> tuple[str, ...] | None:
+        """A command as a list of program and arguments (never a shell string)."""
+        node = self.node(key)
+        path = self.child_path(key)
+        if node is None or node.value is None:
+            return None
+        if not isinstance(node.value, list) or not node.value:
+            self.problems.error(node.line, path,
+                                "must be a list of program and arguments, e.g. [nginx, -t] "
+                                "(mamoru never runs a shell string)")
+            return None
+        out = []
+        for index, item in enumerate(node.value):
+            if not isinstance(item.value, str | int) or isinstance(item.value, bool):
+                self.problems.error(item.line, f"{path}[{index}]", "must be a string")
+                continue
+            if "\x00" in str(item.value):
+                self.problems.error(item.line, f"{path}[{index}]", "contains a NUL character")
+                continue
+            out.append(str(item.value))
+        return tuple(out)
+
+    def items_of(self, key: str) -> list[Node] | None:
+        """The nodes of a key that takes one value or a list of them; None when it is absent."""
+        node = self.node(key)
+        if node is None:
+            return None
+        return node.value if isinstance(node.value, list) else [node]
+
+    def address(self, key: str, default_host: str | None = None) -> tuple[str, int] | None:
+        """"HOST:PORT" (or a bare port when default_host is given); None when absent."""
+        node = self.node(key)
+        path = self.child_path(key)
+        if node is None or node.value is None:
+            return None
+        raw = node.value
+        if isinstance(raw, int) and not isinstance(raw, bool) and default_host is not None:
+            raw = str(raw)
+        if not isinstance(raw, str):
+            self.problems.error(node.line, path, f"must be \"HOST:PORT\", not {kind(node)}")
+            return None
+        parsed = parse_address(raw, default_host)
+        if parsed is None:
+            self.problems.error(node.line, path,
+                                f"{raw!r} is not HOST:PORT with a port from 1 to 65535")
+        return parsed
+
+    def listen(self, key: str, default: str) -> str:
+        """A listen setting as written: a port or "ADDRESS:PORT" (kept as text for the web
+        server's config)."""
+        node = self.node(key)
+        if node is None or node.value is None:
+            return default
+        raw = node.value
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)
+        if not isinstance(raw, str) or parse_address(raw, _ANY_HOST) is None:
+            self.problems.error(node.line, self.child_path(key),
+                                f"{raw!r} must be a port or \"ADDRESS:PORT\"")
+            return default
+        return raw
+
+    def finish(self) -> None:
+        """Report every key of the mapping that no getter asked for."""
+        known = sorted(self.used)
+        for key, (line, _node) in self.items.items():
+            if key not in self.used:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                allowed = f"; known keys: {', '.join(known)}" if known and not close else ""
+                self.problems.error(line, self.child_path(key), f"unknown key{hint}{allowed}")
