@@ -340,6 +340,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from mamoru.check.report import exit_code, render_table, to_json
     from mamoru.check.url import check_url
+    from mamoru.config.defaults import CHECK_TIMEOUT
     from mamoru.errors import UsageError
     from mamoru.netaddr import parse_address
 
@@ -366,7 +367,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for url in urls:
         try:
             reports.append(check_url(url, ca_bundle=args.ca_bundle, connect=connect,
-                                     http_connect=http_connect, timeout=args.timeout or 5.0))
+                                     http_connect=http_connect,
+                                     timeout=args.timeout or CHECK_TIMEOUT))
         except ValueError as error:
             raise UsageError(str(error)) from None
     if args.json:

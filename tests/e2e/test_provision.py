@@ -288,6 +288,8 @@ def test_revoke_puts_a_new_certificate_with_a_new_key_in_service(tmp_path: Path,
     served = (live / "fullchain.pem").read_bytes()
     run_mamoru("revoke", "clinic", "--no-replace", "-c", str(config), check=0)
     assert (live / "fullchain.pem").read_bytes() == served
+    status = run_mamoru("status", "-c", str(config), check=1)  # in danger until replaced
+    assert "the live certificate was revoked" in status.stdout
     again = provision_json("-c", str(config))["sites"][0]
     assert again["status"] == "renewed" and again["serial"] != second
     assert again["why"] == "the live certificate was revoked"

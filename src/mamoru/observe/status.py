@@ -121,9 +121,12 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
     danger = []
     if last is not None and _went_wrong(last):
         danger.append(f"last attempt {last.get('outcome')}: {last.get('error_class') or 'error'}")
+    revoked = state.get("revoked")
     if version is None:
         danger.append("no certificate")
-    elif not_after is not None and not_before is not None:
+    elif isinstance(revoked, dict) and revoked.get("serial") == meta.get("serial"):
+        danger.append("the live certificate was revoked")  # browsers may refuse it
+    if version is not None and not_after is not None and not_before is not None:
         left = not_after - now
         if left <= timedelta(0):
             danger.append("certificate expired")
