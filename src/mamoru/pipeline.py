@@ -157,7 +157,7 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
                     attempt=run.attempt, outcome="skipped")
         return run.outcome("skipped", version=current, next_due=retry_at)
 
-    decision = due_check(run, current)
+    decision = due_check(run, current, ask_server=not force)
     events.emit("due-check", site.name, due=decision.due, why=decision.why, rule=decision.rule,
                 at=decision.at, names=list(site.domains), attempt=run.attempt)
     if not decision.due and not force:
@@ -246,11 +246,12 @@ def fingerprint(run: Run) -> str:
     return due.fingerprint(run.site, run.app.settings.acme.profile)
 
 
-def due_check(run: Run, current: CertVersion | None, *, served_now: bool | None = None
-              ) -> Decision:
+def due_check(run: Run, current: CertVersion | None, *, served_now: bool | None = None,
+              ask_server: bool = True) -> Decision:
     """The renewal decision for the run's site now. Asks the CA for its ARI window when the
     cached one is stale, and, only when nothing else makes the site due, asks the web server
-    whether it serves the stored certificate (`served_now` answers that instead, for tests)."""
+    whether it serves the stored certificate (`served_now` answers that instead, for tests;
+    `ask_server` False skips the question: a forced run orders anyway)."""
     site, app = run.site, run.app
     window, pick = (ari_window(run, current) if current is not None else (None, None))
     installed = run.state.installed
@@ -269,7 +270,7 @@ def due_check(run: Run, current: CertVersion | None, *, served_now: bool | None 
         want=due.wanted(site, app.settings.acme.profile),
         cert=due.facts(current) if current else None, now=app.clock(), window=window,
         pick=pick, settings=app.settings.renewal, rng=app.rng, install_changed=install_changed,
-        served=None if site.server.type == "none" else served,
+        served=None if site.server.type == "none" or not ask_server else served,
         revoked=current is not None and run.state.is_revoked(current.meta.get("serial")))
 
 

@@ -54,7 +54,8 @@ class _Inbox:
 
 class SmtpReceiver:
     def __init__(self, workdir: str | Path, *, username: str = "mamoru",
-                 password: str = "smtp-pass-7f3a") -> None:
+                 password: str = "smtp-pass-7f3a", implicit_tls: bool = False) -> None:
+        self.implicit_tls = implicit_tls  # SMTPS (TLS from the first byte) instead of STARTTLS
         self.workdir = Path(workdir)
         self.username = username
         self.password = password
@@ -100,15 +101,23 @@ class SmtpReceiver:
                 message = email.message_from_bytes(envelope.content, policy=email.policy.default)
                 assert isinstance(message, EmailMessage)
                 message["X-Test-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-                message["X-Test-TLS"] = "yes" if session.ssl else "no"
+                tls = session.ssl or server.transport.get_extra_info("ssl_object")
+                message["X-Test-TLS"] = "yes" if tls else "no"
                 receiver._inbox.add(message)
                 return "250 OK"
 
         self.port = free_port()
-        self._controller = Controller(
-            Handler(), hostname=LOOPBACK, port=self.port, tls_context=context,
-            require_starttls=True, auth_required=True, auth_require_tls=True,
-            authenticator=authenticate)
+        if self.implicit_tls:
+            self._controller = Controller(
+                Handler(), hostname=LOOPBACK, port=self.port, ssl_context=context,
+                # aiosmtpd's auth_require_tls looks at STARTTLS only; the whole connection is
+                # TLS here (a plain client cannot even greet), which the handler records.
+                auth_required=True, auth_require_tls=False, authenticator=authenticate)
+        else:
+            self._controller = Controller(
+                Handler(), hostname=LOOPBACK, port=self.port, tls_context=context,
+                require_starttls=True, auth_required=True, auth_require_tls=True,
+                authenticator=authenticate)
         self._controller.start()
         return self
 

@@ -354,3 +354,41 @@ def test_alert_test_without_channels_is_a_usage_error(tmp_path: Path) -> None:
         "clinic": {"domains": ["clinic.example"], "challenge": {"webroot": "/srv/www"}}})
     result = run_mamoru("alert-test", "-c", str(config), check=2)
     assert "no alert channel" in result.stderr
+
+
+def test_email_over_implicit_tls(tmp_path: Path) -> None:
+    """`tls: true` (port 465): TLS from the first byte, the login inside it."""
+    with SmtpReceiver(tmp_path / "smtps", implicit_tls=True) as smtps, WebhookReceiver() as hook:
+        config = alert_config(tmp_path, smtps, hook.url)
+        text = config.read_text().replace("starttls: true", "tls: true")
+        config.write_text(text)
+        run_mamoru("alert-test", "-c", str(config), check=0)
+        mail = smtps.wait_for(1)[0]
+        assert mail["X-Test-TLS"] == "yes"
+        assert smtps.logins == [(smtps.username, True)]
+
+
+@pytest.mark.parametrize(("host", "accepted"), [("smtp.vendor.example", False),
+                                                ("192.0.2.10", False), ("127.0.0.1", True),
+                                                ("localhost", True), ("::1", True)])
+def test_a_password_is_never_sent_in_the_clear_except_to_this_machine(
+        tmp_path: Path, host: str, accepted: bool) -> None:
+    (tmp_path / "smtp.pass").write_text("s3cret-smtp\n")
+    (tmp_path / "smtp.pass").chmod(0o600)
+    config = write_config(tmp_path, "https://ca.test/directory", None, {
+        "clinic": {"domains": ["clinic.example"], "challenge": {"webroot": "/srv/www"}}},
+        extra={"alerts": {"email": {
+            "host": host, "port": 25, "from": "mamoru@clinic.example",
+            "to": ["support@vendor.example"], "starttls": False, "username": "mamoru",
+            "password_file": str(tmp_path / "smtp.pass")}}})
+    result = run_mamoru("check-config", "-c", str(config), check=0 if accepted else 2)
+    if not accepted:
+        line = next(i for i, text in enumerate(config.read_text().splitlines(), 1)
+                    if "starttls" in text)
+        assert f"{config}:{line}: alerts.email.starttls: would send the SMTP password" in (
+            result.stderr)
+        assert "s3cret-smtp" not in result.stderr
+    # both at once is a mistake too
+    config.write_text(config.read_text().replace("starttls: false", "starttls: true\n"
+                                                  "    tls: true"))
+    run_mamoru("check-config", "-c", str(config), check=2)

@@ -73,6 +73,8 @@ ALERTS_DAYS_LEFT: Final = 7
 ALERTS_REMIND_HOURS: Final = 24
 EMAIL_PORT: Final = 587  # SMTP submission
 EMAIL_STARTTLS: Final = True
+EMAIL_TLS: Final = False  # implicit TLS from the first byte (SMTPS)
+EMAIL_TLS_PORT: Final = 465  # SMTP submission over implicit TLS
 # Seconds for one delivery of an alert (an SMTP session, a webhook POST).
 ALERT_TIMEOUT: Final = 10
 

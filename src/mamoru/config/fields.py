@@ -21,6 +21,16 @@ REQUIRED: Any = object()  # the default of a key that must be given
 
 # A bare port is a valid listen setting; this host only lets parse_address accept one.
 _ANY_HOST = "0.0.0.0"  # noqa: S104 - only parsed, never bound
+# Characters that end a directive, a block or a line, start a comment, quote, or expand a
+# variable in nginx or Apache config files.
+_UNSAFE = frozenset(';{}#"\'\\$`')
+
+
+def unsafe_characters(value: str) -> str:
+    """A description of the characters in `value` that may not go into a generated web server
+    config ('' when there are none)."""
+    found = sorted({c for c in value if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F})
+    return ", ".join("a line break" if c in "\r\n" else repr(c) for c in found)
 
 
 class Fields:
@@ -107,10 +117,16 @@ class Fields:
         return bool(self.value(key, (bool,), "true or false", default))
 
     def path_value(self, key: str, default: Any = REQUIRED) -> Any:
-        """An absolute file system path."""
+        """An absolute file system path, without a character that could end a directive or a
+        line in a web server's config (paths are written into generated nginx and Apache
+        files)."""
         value = self.text(key, default)
         if isinstance(value, str) and value and not os.path.isabs(value):
             self.error(key, f"{value!r} must be an absolute path")
+        elif isinstance(value, str) and (bad := unsafe_characters(value)):
+            self.error(key, f"{value!r} contains {bad}, which mamoru does not write into a web "
+                       "server's config; use a path without it")
+            return default if default is not REQUIRED else None
         return value
 
     def argv(self, key: str) -> tuple[str, ...] | None:

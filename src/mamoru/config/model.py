@@ -125,10 +125,11 @@ class EmailAlerts:
     sender: str
     to: tuple[str, ...]
     starttls: bool = D.EMAIL_STARTTLS
+    tls: bool = D.EMAIL_TLS  # implicit TLS (port 465) instead of STARTTLS
     username: str | None = None
     password: Secret | None = None
     timeout: float = D.ALERT_TIMEOUT
-    ca_bundle: str | None = None  # trust for STARTTLS; default: the system store
+    ca_bundle: str | None = None  # trust for (START)TLS; default: the system store
 
 
 @dataclass(frozen=True)

@@ -210,17 +210,29 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
                                   f"{item.value!r} is not an address")
             else:
                 to.append(item.value)
+    tls = em.flag("tls", D.EMAIL_TLS)
+    starttls = em.flag("starttls", D.EMAIL_STARTTLS and not tls)
+    if tls and starttls:
+        em.error("starttls", "give tls: true (implicit TLS, port 465) or starttls: true "
+                 "(port 587), not both")
     email = EmailAlerts(
         host=em.text("host"),
-        port=em.number("port", D.EMAIL_PORT, minimum=1, maximum=65535, integer=True),
+        port=em.number("port", D.EMAIL_TLS_PORT if tls else D.EMAIL_PORT, minimum=1,
+                       maximum=65535, integer=True),
         sender=em.text("from"),
         to=tuple(to),
-        starttls=em.flag("starttls", D.EMAIL_STARTTLS),
+        starttls=starttls,
+        tls=tls,
         username=em.text("username", None),
         password=read_secret(em, "password", "password_file", file_mode),
         timeout=em.number("timeout", D.ALERT_TIMEOUT, minimum=1, maximum=120),
         ca_bundle=em.path_value("ca_bundle", None),
     )
+    if ((email.username or email.password) and not (email.tls or email.starttls)
+            and isinstance(email.host, str) and not is_loopback(email.host)):
+        em.error("starttls", f"would send the SMTP password to {email.host} unencrypted: set "
+                 "starttls: true (port 587) or tls: true (port 465); only a relay on this "
+                 "machine (127.0.0.1, ::1, localhost) may take a login in the clear")
     em.finish()
     return email
 

@@ -115,8 +115,9 @@ class Channel(Protocol):
 
 
 class EmailChannel:
-    """SMTP submission: STARTTLS (verified against the system store or `ca_bundle`) and login
-    when configured, one message to every `to` address."""
+    """SMTP submission: implicit TLS (`tls`, port 465) or STARTTLS (port 587), verified against
+    the system store or `ca_bundle`, and login when configured (the config loader refuses a
+    login in the clear except to this machine); one message to every `to` address."""
 
     name = "email"
 
@@ -141,10 +142,16 @@ class EmailChannel:
         settings = self.settings
         where = f"{settings.host}:{settings.port}"
         try:
-            with smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout) as smtp:
+            context = ssl.create_default_context(cafile=settings.ca_bundle)
+            smtp: smtplib.SMTP
+            if settings.tls:  # implicit TLS (SMTPS, port 465): verified from the first byte
+                smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
+                                        context=context)
+            else:
+                smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout)
+            with smtp:
                 smtp.ehlo()
                 if settings.starttls:
-                    context = ssl.create_default_context(cafile=settings.ca_bundle)
                     smtp.starttls(context=context)
                     smtp.ehlo()
                 if settings.username:
