@@ -211,14 +211,15 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
             else:
                 to.append(item.value)
     tls = em.flag("tls", D.EMAIL_TLS)
-    starttls = em.flag("starttls", D.EMAIL_STARTTLS and not tls)
+    starttls_default = False if tls else D.EMAIL_STARTTLS
+    port_default = D.EMAIL_TLS_PORT if tls else D.EMAIL_PORT
+    starttls = em.flag("starttls", starttls_default)
     if tls and starttls:
         em.error("starttls", "give tls: true (implicit TLS, port 465) or starttls: true "
                  "(port 587), not both")
     email = EmailAlerts(
         host=em.text("host"),
-        port=em.number("port", D.EMAIL_TLS_PORT if tls else D.EMAIL_PORT, minimum=1,
-                       maximum=65535, integer=True),
+        port=em.number("port", port_default, minimum=1, maximum=65535, integer=True),
         sender=em.text("from"),
         to=tuple(to),
         starttls=starttls,
