@@ -1,0 +1,81 @@
+"""The dns-01 seam: the plain-value task, the batch solver protocol, and the separate
+"wait until visible" capability.
+
+A dns-01 solver is handed every task of one order at once (apex and wildcard need two TXT
+values at the same name together, and one propagation wait covers the whole order). It sees
+plain values only: the identifier as ordered, the record name and the TXT value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from mamoru.errors import ChallengeFailed
+
+CHALLENGE_TYPE = "dns-01"
+LABEL = "_acme-challenge"  # RFC 8555 §8.4
+
+
+def txt_value(key_authorization: str) -> str:
+    """The TXT value for a key authorization: base64url(SHA-256(key_authorization)), no
+    padding (RFC 8555 §8.4)."""
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def record_name(identifier: str) -> str:
+    """`_acme-challenge.<name>` for an identifier; a wildcard's `*.` is dropped (RFC 8555
+    §8.4: `*.clinic.example` is validated at `_acme-challenge.clinic.example`)."""
+    name = identifier.strip().rstrip(".").lower()
+    if name.startswith("*."):
+        name = name[2:]
+    return f"{LABEL}.{name}"
+
+
+@dataclass(frozen=True)
+class DnsTask:
+    """One dns-01 challenge as plain values. `record_name` has no trailing dot."""
+
+    identifier: str
+    record_name: str
+    value: str
+
+    @classmethod
+    def for_key_authorization(cls, identifier: str, key_authorization: str) -> DnsTask:
+        return cls(identifier, record_name(identifier), txt_value(key_authorization))
+
+
+class DnsFailed(ChallengeFailed):
+    """A dns-01 record could not be published, removed or seen. Retried later like any
+    challenge failure; the message says which server and what to change."""
+
+    hint = ("Check the dns-01 settings of this site (server, key, zone); "
+            "`mamoru check-dns SITE` tries an update without ordering a certificate.")
+
+
+@runtime_checkable
+class DnsSolver(Protocol):
+    """Publishes and removes the TXT records of one order, as a batch."""
+
+    challenge_type: str  # "dns-01"
+
+    def present(self, tasks: Sequence[DnsTask]) -> None:
+        """Add every task's value at its record name, keeping the values already there.
+        Raises DnsFailed; what was added before the failure is still removed by cleanup()."""
+
+    def cleanup(self, tasks: Sequence[DnsTask]) -> None:
+        """Remove only the values present() added; never raises; safe after a failed or
+        partial present() and when called twice."""
+
+
+@runtime_checkable
+class Waiter(Protocol):
+    """Optional capability: block until the CA can see what present() published."""
+
+    def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
+        """Return once every value is visible everywhere it must be; raises DnsFailed naming
+        what is still missing where, after `timeout` seconds."""
