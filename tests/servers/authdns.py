@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import dns.message
 import dns.name
@@ -45,6 +46,8 @@ ALGORITHMS = {
 
 @dataclass(frozen=True)
 class TestKey:
+    __test__: ClassVar[bool] = False  # not a pytest class
+
     name: str = "mamoru-test"
     algorithm: str = "hmac-sha256"
     secret: str = field(default_factory=lambda: base64.b64encode(secrets.token_bytes(32))

@@ -9,6 +9,7 @@ plain values only: the identifier as ordered, the record name and the TXT value.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,3 +80,17 @@ class Waiter(Protocol):
     def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
         """Return once every value is visible everywhere it must be; raises DnsFailed naming
         what is still missing where, after `timeout` seconds."""
+
+
+def publish(solver: DnsSolver, waiter: Waiter | None, tasks: Sequence[DnsTask],
+            timeout: float, cleanup: contextlib.ExitStack) -> None:
+    """Publish every record of one order and wait once until all are visible.
+
+    The cleanup is registered on `cleanup` *before* present() runs, so the values are removed
+    after a success, a failure, a timeout or Ctrl-C, whenever that stack closes."""
+    if not tasks:
+        return
+    cleanup.callback(solver.cleanup, list(tasks))
+    solver.present(tasks)
+    if waiter is not None:
+        waiter.wait(tasks, timeout)

@@ -23,8 +23,9 @@ import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.resolver
 
-from mamoru.challenges.dns.base import DnsFailed
+from mamoru.challenges.dns.base import DnsFailed, DnsTask
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +209,45 @@ def zone_of(name: str, address: str, port: int, timeout: float = QUERY_TIMEOUT) 
 
 def name_in(name: str, zone: str) -> bool:
     return dns.name.from_text(name).is_subdomain(dns.name.from_text(zone))
+
+
+class PropagationWaiter:
+    """The Waiter for solvers that only write records (hook, lexicon): each name's zone and
+    its NS set come from the system resolver, unless `nameservers` ("host[:port]" each) names
+    the servers to ask. The answers are then asked of those servers directly."""
+
+    def __init__(self, nameservers: Sequence[str] = (), *, port: int = 53) -> None:
+        self.nameservers = [Nameserver(text, *parse_server(text, port)) for text in nameservers]
+        self.port = port
+
+    def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
+        records = [(task.record_name, task.value) for task in tasks]
+        servers = list(self.nameservers)
+        if not servers:
+            for zone in sorted({self._zone(task.record_name) for task in tasks}):
+                for server in self._discover(zone):
+                    if server not in servers:
+                        servers.append(server)
+        wait_visible(records, servers, timeout)
+
+    @staticmethod
+    def _zone(name: str) -> str:
+        try:
+            return str(dns.resolver.zone_for_name(name)).rstrip(".").lower()
+        except dns.exception.DNSException as error:
+            raise DnsFailed(f"cannot find the zone of {name} through the system resolver: "
+                            f"{error}", hint="List the zone's nameservers in "
+                            "propagation.nameservers.") from None
+
+    def _discover(self, zone: str) -> list[Nameserver]:
+        try:
+            answer = dns.resolver.resolve(zone, "NS")
+        except dns.exception.DNSException as error:
+            raise DnsFailed(f"cannot find the nameservers of {zone}: {error}",
+                            hint="List them in propagation.nameservers.") from None
+        servers: list[Nameserver] = []
+        for rdata in answer:
+            name = str(rdata.target).rstrip(".").lower()
+            servers.extend(Nameserver(name, address, self.port)
+                           for address in resolve_address(name))
+        return servers
