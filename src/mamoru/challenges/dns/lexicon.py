@@ -90,8 +90,11 @@ class LexiconSolver:
 
     def _config(self, task: DnsTask) -> dict[str, Any]:
         domain = self.zone or task.record_name.split(".", 1)[1]
+        # lexicon's `ddns` provider reads the zone from its own options, the others from the
+        # top-level `domain`: both are given.
+        options = {"domain": domain, **self._credentials}
         config: dict[str, Any] = {"provider_name": self.provider, "domain": domain,
-                                  "ttl": self.ttl, self.provider: dict(self._credentials)}
+                                  "ttl": self.ttl, self.provider: options}
         if self.zone:
             config["delegated"] = self.zone
         return config
