@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from mamoru.challenges.dns.base import DnsFailed, DnsSolver, DnsTask, Waiter, publish
+from mamoru.challenges.dns.base import (
+    DnsFailed,
+    DnsSolver,
+    DnsTask,
+    Journal,
+    Waiter,
+    publish,
+)
 from mamoru.challenges.dns.rfc2136 import Rfc2136Solver, load_tsig_key, parse_tsig_key
 from tests.dns.conftest import solver_for
 from tests.servers.authdns import AuthoritativeServer, TestKey
@@ -175,12 +182,54 @@ with contextlib.ExitStack() as cleanup:
     assert primary.zone_txt("clinic.test") == {}
 
 
+def test_after_a_kill_the_next_run_removes_what_was_left(bind_factory, tmp_path: Path) -> None:
+    primary, never = bind_factory(), bind_factory()
+    key_file = tmp_path / "tsig.key"
+    key_file.write_text(primary.key.bind_clause())
+    journal_path = tmp_path / "state" / "dns01-journal.json"
+    journal_path.parent.mkdir()
+    script = tmp_path / "order.py"
+    script.write_text(f"""
+import contextlib
+from mamoru.challenges.dns.base import DnsTask, Journal, publish
+from mamoru.challenges.dns.rfc2136 import Rfc2136Solver, load_tsig_key
+key = load_tsig_key({str(key_file)!r}, name={primary.key.name!r})
+solver = Rfc2136Solver({primary.address!r}, key,
+                       nameservers=[{primary.address!r}, {never.address!r}])
+tasks = [DnsTask.for_key_authorization(n, n + ".thumb") for n in ("clinic.test", "*.clinic.test")]
+with contextlib.ExitStack() as cleanup:
+    publish(solver, solver, tasks, 60, cleanup, Journal({str(journal_path)!r}))
+""")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while len(primary.txt(RECORD)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no cleanup can run in that process
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = primary.zone_txt("clinic.test")[RECORD]
+    assert len(left) == 2
+    assert journal_path.stat().st_mode & 0o777 == 0o600
+    # The next order (here: a new solver, as a new mamoru process would make) cleans up first.
+    solver = solver_for(primary)
+    with contextlib.ExitStack() as cleanup:
+        publish(solver, solver, [APEX], 10, cleanup, Journal(str(journal_path)))
+        assert primary.txt(RECORD) == {APEX.value}
+    assert primary.zone_txt("clinic.test") == {}
+    assert not journal_path.exists()
+
+
 def test_cleanup_is_safe_twice_and_without_present(dns_server: AuthoritativeServer) -> None:
     solver = solver_for(dns_server)
-    solver.cleanup([APEX])  # nothing presented: nothing sent, no error
+    assert solver.cleanup([APEX]) == []  # never added: deleting it changes nothing
     solver.present([APEX])
-    solver.cleanup([APEX])
-    solver.cleanup([APEX])
+    assert solver.cleanup([APEX]) == []
+    assert solver.cleanup([APEX]) == []
     assert dns_server.zone_txt("clinic.test") == {}
 
 

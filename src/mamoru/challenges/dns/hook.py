@@ -54,25 +54,22 @@ class HookSolver:
         self.cleanup_argv = list(cleanup)
         self.timeout = timeout
         self.env = dict(env or {})
-        self._presented: list[DnsTask] = []
 
     def present(self, tasks: Sequence[DnsTask]) -> None:
         for task in tasks:
-            # Before running: a hook that added the record and then failed is cleaned up too.
-            self._presented.append(task)
             self._run(self.present_argv, task, "present")
 
-    def cleanup(self, tasks: Sequence[DnsTask]) -> None:
+    def cleanup(self, tasks: Sequence[DnsTask]) -> list[DnsTask]:
+        failed = []
         for task in tasks:
-            if task not in self._presented:
-                continue
-            self._presented.remove(task)
             if not self.cleanup_argv:
                 continue
             try:
                 self._run(self.cleanup_argv, task, "cleanup")
             except DnsFailed as error:
                 log.warning("dns-01 cleanup: %s", error)
+                failed.append(task)
+        return failed
 
     def _run(self, argv: list[str], task: DnsTask, step: str) -> None:
         env = {**os.environ, **self.env, **environment(task)}

@@ -86,7 +86,6 @@ class LexiconSolver:
         self.zone = zone.rstrip(".") if zone else None
         self.ttl = ttl
         self._client_factory = client_factory
-        self._presented: list[DnsTask] = []
 
     def _config(self, task: DnsTask) -> dict[str, Any]:
         domain = self.zone or task.record_name.split(".", 1)[1]
@@ -101,18 +100,17 @@ class LexiconSolver:
 
     def present(self, tasks: Sequence[DnsTask]) -> None:
         for task in tasks:
-            self._presented.append(task)  # before the call: a half-done create is cleaned up
             self._call(task, "add", _create(task))
 
-    def cleanup(self, tasks: Sequence[DnsTask]) -> None:
+    def cleanup(self, tasks: Sequence[DnsTask]) -> list[DnsTask]:
+        failed = []
         for task in tasks:
-            if task not in self._presented:
-                continue
-            self._presented.remove(task)
             try:
                 self._call(task, "delete", _delete(task))
             except DnsFailed as error:
                 log.warning("dns-01 cleanup: %s", error)
+                failed.append(task)
+        return failed
 
     def _call(self, task: DnsTask, action: str, step: Callable[[Operations], bool]) -> None:
         try:

@@ -183,13 +183,21 @@ class Rfc2136Solver:
                 self._placed[(task.record_name, task.value)] = _Placed(zone, name, task.value)
             self._send(update, zone, names, "add")
 
-    def cleanup(self, tasks: Sequence[DnsTask]) -> None:
+    def cleanup(self, tasks: Sequence[DnsTask]) -> list[DnsTask]:
         by_zone: dict[str, dict[tuple[str, str], _Placed]] = {}
+        failed: list[DnsTask] = []
         for task in tasks:
             key = (task.record_name, task.value)
             placed = self._placed.get(key)
-            if placed is not None:
-                by_zone.setdefault(placed.zone, {})[key] = placed
+            if placed is None:  # not presented by this instance (an earlier, killed run's)
+                try:
+                    name = self._follow_cnames(task.record_name)
+                    placed = _Placed(self._zone_for(name), name, task.value)
+                except DnsFailed as error:
+                    log.warning("dns-01 cleanup of %s: %s", task.record_name, error)
+                    failed.append(task)
+                    continue
+            by_zone.setdefault(placed.zone, {})[key] = placed
         for zone, records in by_zone.items():
             update = self._update(zone)
             for placed in records.values():
@@ -199,9 +207,12 @@ class Rfc2136Solver:
                            "delete")
             except DnsFailed as error:
                 log.warning("dns-01 cleanup: %s", error)
+                failed.extend(task for task in tasks
+                              if (task.record_name, task.value) in records)
                 continue
             for key in records:
                 self._placed.pop(key, None)
+        return failed
 
     # ---- Waiter ----------------------------------------------------------------------------
 
