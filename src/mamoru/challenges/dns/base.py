@@ -86,9 +86,10 @@ class DnsSolver(Protocol):
 class Waiter(Protocol):
     """Optional capability: block until the CA can see what present() published."""
 
-    def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
-        """Return once every value is visible everywhere it must be; raises DnsFailed naming
-        what is still missing where, after `timeout` seconds."""
+    def wait(self, tasks: Sequence[DnsTask], timeout: float, *, gone: bool = False) -> None:
+        """Return once every value is visible everywhere it must be (with `gone`: once no
+        value is visible anywhere any more); raises DnsFailed naming what is still missing
+        (or left) where, after `timeout` seconds."""
 
 
 class Journal:

@@ -124,8 +124,10 @@ def _addresses_at(name: str, host: str, port: int, timeout: float) -> list[str]:
     return found
 
 
-def _missing_at(server: Nameserver, wanted: dict[str, set[str]]) -> dict[str, set[str]]:
-    """What `server` does not serve yet: {record name: values missing} ({} when all there)."""
+def _missing_at(server: Nameserver, wanted: dict[str, set[str]],
+                gone: bool = False) -> dict[str, set[str]]:
+    """What `server` does not serve yet: {record name: values missing} ({} when all there).
+    With `gone`, what it still serves of `wanted` ({} when none of it)."""
     missing: dict[str, set[str]] = {}
     for name, values in wanted.items():
         try:
@@ -139,16 +141,19 @@ def _missing_at(server: Nameserver, wanted: dict[str, set[str]]) -> dict[str, se
                   if rrset.rdtype == dns.rdatatype.TXT
                   and str(rrset.name).rstrip(".").lower() == name
                   for rdata in rrset}
-        if values - served:
-            missing[name] = values - served
+        lacking = values & served if gone else values - served
+        if lacking:
+            missing[name] = lacking
     return missing
 
 
 def wait_visible(records: Iterable[tuple[str, str]], servers: Sequence[Nameserver],
-                 timeout: float, *, clock: Callable[[], float] = time.monotonic,
+                 timeout: float, *, gone: bool = False,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> float:
-    """Poll `servers` until each serves every (record name, value) of `records`; return the
-    seconds it took. Raises DnsFailed naming each lagging server and what it lacks."""
+    """Poll `servers` until each serves every (record name, value) of `records` (with
+    `gone`: until none serves any of them any more); return the seconds it took. Raises
+    DnsFailed naming each lagging server and what it lacks (or still has)."""
     wanted: dict[str, set[str]] = {}
     for name, value in records:
         wanted.setdefault(name.rstrip(".").lower(), set()).add(value)
@@ -164,7 +169,7 @@ def wait_visible(records: Iterable[tuple[str, str]], servers: Sequence[Nameserve
     with ThreadPoolExecutor(max_workers=min(8, len(pending)),
                             thread_name_prefix="dns-01 check") as pool:
         while True:
-            results = list(pool.map(lambda server: _missing_at(server, wanted), pending))
+            results = list(pool.map(lambda server: _missing_at(server, wanted, gone), pending))
             lacking = {server: missing for server, missing in zip(pending, results, strict=True)
                        if missing}
             pending = list(lacking)
@@ -178,10 +183,16 @@ def wait_visible(records: Iterable[tuple[str, str]], servers: Sequence[Nameserve
                 break
             sleep(min(delay, deadline - now))
             delay = min(delay * 2, MAX_DELAY)
+    verb = "still serves" if gone else "lacks"
     details = "; ".join(
-        f"{server} lacks " + ", ".join(f"{len(values)} value(s) at {name}"
-                                       for name, values in sorted(missing.items()))
+        f"{server} {verb} " + ", ".join(f"{len(values)} value(s) at {name}"
+                                        for name, values in sorted(missing.items()))
         for server, missing in lacking.items())
+    if gone:
+        raise DnsFailed(f"after {timeout:g} s, {len(lacking)} of {len(servers)} authoritative "
+                        f"nameserver(s) still serve removed dns-01 TXT values: {details}",
+                        hint="The removal did not reach every nameserver: check zone "
+                        "transfers from the primary to its secondaries.")
     raise DnsFailed(
         f"after {timeout:g} s, {len(lacking)} of {len(servers)} authoritative nameserver(s) "
         f"still do not serve the dns-01 TXT records: {details}",
@@ -220,7 +231,7 @@ class PropagationWaiter:
         self.nameservers = [Nameserver(text, *parse_server(text, port)) for text in nameservers]
         self.port = port
 
-    def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
+    def wait(self, tasks: Sequence[DnsTask], timeout: float, *, gone: bool = False) -> None:
         records = [(task.record_name, task.value) for task in tasks]
         servers = list(self.nameservers)
         if not servers:
@@ -228,7 +239,7 @@ class PropagationWaiter:
                 for server in self._discover(zone):
                     if server not in servers:
                         servers.append(server)
-        wait_visible(records, servers, timeout)
+        wait_visible(records, servers, timeout, gone=gone)
 
     @staticmethod
     def _zone(name: str) -> str:

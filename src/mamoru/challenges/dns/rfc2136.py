@@ -188,15 +188,12 @@ class Rfc2136Solver:
         failed: list[DnsTask] = []
         for task in tasks:
             key = (task.record_name, task.value)
-            placed = self._placed.get(key)
-            if placed is None:  # not presented by this instance (an earlier, killed run's)
-                try:
-                    name = self._follow_cnames(task.record_name)
-                    placed = _Placed(self._zone_for(name), name, task.value)
-                except DnsFailed as error:
-                    log.warning("dns-01 cleanup of %s: %s", task.record_name, error)
-                    failed.append(task)
-                    continue
+            try:
+                placed = self._placement(task)
+            except DnsFailed as error:
+                log.warning("dns-01 cleanup of %s: %s", task.record_name, error)
+                failed.append(task)
+                continue
             by_zone.setdefault(placed.zone, {})[key] = placed
         for zone, records in by_zone.items():
             update = self._update(zone)
@@ -216,12 +213,11 @@ class Rfc2136Solver:
 
     # ---- Waiter ----------------------------------------------------------------------------
 
-    def wait(self, tasks: Sequence[DnsTask], timeout: float) -> None:
+    def wait(self, tasks: Sequence[DnsTask], timeout: float, *, gone: bool = False) -> None:
         by_zone: dict[str, list[tuple[str, str]]] = {}
         for task in tasks:
-            placed = self._placed.get((task.record_name, task.value))
-            if placed is not None:
-                by_zone.setdefault(placed.zone, []).append((placed.name, placed.value))
+            placed = self._placement(task)
+            by_zone.setdefault(placed.zone, []).append((placed.name, placed.value))
         servers: list[Nameserver] = []
         records: list[tuple[str, str]] = []
         for zone, zone_records in by_zone.items():
@@ -230,9 +226,18 @@ class Rfc2136Solver:
                 if server not in servers:
                     servers.append(server)
             records.extend(zone_records)
-        wait_visible(records, servers, timeout)
+        wait_visible(records, servers, timeout, gone=gone)
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _placement(self, task: DnsTask) -> _Placed:
+        """Where `task`'s value was (or would be) written: remembered from present(), or
+        found again (a task of an earlier, killed run; a check after cleanup)."""
+        placed = self._placed.get((task.record_name, task.value))
+        if placed is None:
+            name = self._follow_cnames(task.record_name)
+            placed = _Placed(self._zone_for(name), name, task.value)
+        return placed
 
     def _update(self, zone: str) -> dns.update.UpdateMessage:
         return dns.update.UpdateMessage(zone, keyring=self.key.keyring(),
