@@ -264,3 +264,39 @@ def test_the_server_being_down_is_a_clear_error() -> None:
     with pytest.raises(DnsFailed, match=r"cannot ask the DNS server 127\.0\.0\.1:") as caught:
         solver.present([APEX])
     assert "rfc2136.server" in caught.value.hint
+
+
+def test_a_real_secondary_is_waited_for_until_its_zone_transfer(bind_factory,
+                                                                tmp_path: Path) -> None:
+    """BIND primary, Knot secondary fed by zone transfer (no NOTIFY: it polls the SOA every
+    2 s). The wait ends once the transfer brought both values, within a few seconds."""
+    from tests.dns.conftest import ZONES
+    from tests.servers.authdns import Zone
+    from tests.servers.knot import Knot
+
+    zones = [Zone(z.name, z.records, z.updatable, refresh=2) for z in ZONES]
+    primary = bind_factory(zones=zones)
+    with Knot(tmp_path / "secondary", zones=zones[:1], primary=primary.port) as secondary:
+        assert secondary.zone_txt("clinic.test") == {}  # transferred: it serves the zone
+        solver = solver_for(primary, nameservers=[primary.address, secondary.address])
+        tasks = [APEX, WILDCARD]
+        with contextlib.ExitStack() as cleanup:
+            started = time.monotonic()
+            publish(solver, solver, tasks, 20, cleanup)
+            took = time.monotonic() - started
+            assert secondary.txt(RECORD) == {APEX.value, WILDCARD.value}
+        assert 0.1 < took < 8, took  # it did lag (no NOTIFY), and was polled, not slept
+        solver.wait(tasks, 20, gone=True)  # the removal reaches the secondary the same way
+        assert secondary.zone_txt("clinic.test") == {}
+
+
+def test_a_real_secondary_that_has_not_refreshed_is_named(bind_factory, tmp_path: Path) -> None:
+    from tests.servers.knot import Knot
+
+    primary = bind_factory()  # SOA refresh 60 s, no NOTIFY: the secondary stays behind
+    with Knot(tmp_path / "secondary", zones=[primary.zones[0]], primary=primary.port) as late:
+        solver = solver_for(primary, nameservers=[primary.address, late.address])
+        with pytest.raises(DnsFailed) as caught, contextlib.ExitStack() as cleanup:
+            publish(solver, solver, [APEX], 1.5, cleanup)
+        assert f"{late.address} lacks 1 value(s) at {RECORD}" in str(caught.value)
+    assert primary.zone_txt("clinic.test") == {}

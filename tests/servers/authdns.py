@@ -3,7 +3,8 @@ updates against the running server (to set up a test and to check the zone after
 
 A test zone ``Zone("clinic.test")`` holds an SOA, ``NS ns1.<zone>``, ``ns1 A 127.0.0.1``,
 ``@ A 127.0.0.1`` plus the ``records`` lines given (zone-file syntax, relative names).
-``updatable=False`` makes a zone that refuses every dynamic update (REFUSED).
+``updatable=False`` makes a zone that refuses every dynamic update (REFUSED); ``refresh``
+sets the SOA refresh and retry (how often a secondary asks the primary for a new serial).
 
 Servers run as an unprivileged user (``bind``/``knot``), so their files live in a private
 directory made under /tmp (0700, owned by that user) and removed at stop; their log stays in
@@ -68,13 +69,14 @@ class Zone:
     name: str
     records: Sequence[str] = ()
     updatable: bool = True
+    refresh: int = 60  # SOA refresh/retry: how often a secondary polls for a new serial
 
     def text(self) -> str:
         origin = self.name.rstrip(".") + "."
         lines = [
             f"$ORIGIN {origin}",
             "$TTL 60",
-            f"@ IN SOA ns1.{origin} hostmaster.{origin} 1 60 60 3600 60",
+            f"@ IN SOA ns1.{origin} hostmaster.{origin} 1 {self.refresh} {self.refresh} 3600 60",
             f"@ IN NS ns1.{origin}",
             "ns1 IN A 127.0.0.1",
             "@ IN A 127.0.0.1",

@@ -6,8 +6,13 @@ own way).
 Same interface as :class:`tests.servers.bind.Bind`. Runs ``knotd -c <dir>/knot.conf`` in the
 foreground as user ``knot`` (stopped by PID) on a free 127.0.0.1 port. Each updatable zone has
 an ACL granting the key ``action: update`` with ``update-type: TXT``; a zone with
-``updatable=False`` has no update ACL (Knot answers NOTAUTH... or REFUSED). The log is
-``<workdir>/knotd.log``.
+``updatable=False`` has no update ACL (Knot answers NOTAUTH with TSIG error BADKEY). The log
+is ``<workdir>/knotd.log``.
+
+With ``primary=PORT`` it is instead a *secondary* of the server on 127.0.0.1:PORT for every
+zone: it loads them by zone transfer and asks for a new serial every SOA refresh interval
+(the zone's ``refresh``; Knot's minimum is 2 s). The primaries here send no NOTIFY, so a
+secondary lags by up to that interval: the real shape of a lagging secondary.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ USER = "knot"
 
 class Knot(AuthoritativeServer):
     def __init__(self, workdir: str | os.PathLike[str], *, zones: Sequence[Zone],
-                 key: TestKey | None = None) -> None:
+                 key: TestKey | None = None, primary: int | None = None) -> None:
+        self.primary = primary  # a port on 127.0.0.1: serve the zones as its secondary
         self.workdir = Path(workdir)
         self.zones = list(zones)
         self.key = key or TestKey()
@@ -40,9 +46,15 @@ class Knot(AuthoritativeServer):
     def _config(self, directory: Path) -> str:
         zones = []
         for zone in self.zones:
+            if self.primary is not None:  # no zone file: it comes by zone transfer
+                zones.append(f"  - domain: {zone.name}\n    master: primary\n"
+                             "    acl: [notify, transfer]\n")
+                continue
             give(directory / f"{zone.name}.zone", USER, zone.text(), 0o644)
             acl = "[update, transfer]" if zone.updatable else "[transfer]"
             zones.append(f"  - domain: {zone.name}\n    acl: {acl}\n")
+        remote = (f"remote:\n  - id: primary\n    address: {LOOPBACK}@{self.primary}\n\n"
+                  if self.primary is not None else "")
         return f"""server:
     rundir: "{directory}"
     user: {USER}:{USER}
@@ -63,7 +75,10 @@ key:
     algorithm: {self.key.algorithm}
     secret: {self.key.secret}
 
-acl:
+{remote}acl:
+  - id: notify
+    address: 127.0.0.0/8
+    action: notify
   - id: update
     key: {self.key.name}
     action: update
