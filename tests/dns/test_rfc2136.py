@@ -69,7 +69,9 @@ def test_an_explicit_zone_skips_the_soa_lookup(dns_server: AuthoritativeServer) 
     assert dns_server.zone_txt("clinic.test") == {}
 
 
-def test_a_wrong_secret_says_badsig_and_leaves_nothing(dns_server: AuthoritativeServer) -> None:
+def test_a_wrong_secret_says_badsig_and_leaves_nothing(dns_server: AuthoritativeServer,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
     wrong = TestKey(name=dns_server.key.name)  # same name, other secret
     solver = solver_for(dns_server, key=wrong)
     with pytest.raises(DnsFailed) as caught, contextlib.ExitStack() as cleanup:
@@ -78,6 +80,8 @@ def test_a_wrong_secret_says_badsig_and_leaves_nothing(dns_server: Authoritative
     assert "TSIG error BADSIG" in message and "secret differs" in message
     assert "key_secret_file" in caught.value.hint
     assert wrong.secret not in message and dns_server.key.secret not in message
+    assert "BADSIG" in caplog.text  # the failed cleanup is logged, and without the secret
+    assert wrong.secret not in caplog.text and dns_server.key.secret not in caplog.text
     assert dns_server.zone_txt("clinic.test") == {}
 
 
