@@ -304,3 +304,25 @@ def test_a_real_secondary_that_has_not_refreshed_is_named(bind_factory, tmp_path
             publish(solver, solver, [APEX], 1.5, cleanup)
         assert f"{late.address} lacks 1 value(s) at {RECORD}" in str(caught.value)
     assert primary.zone_txt("clinic.test") == {}
+
+
+def test_a_cname_into_a_challenge_zone_on_another_server(bind_factory) -> None:
+    """The clinic's zone lives on one server (here: A, the "registrar's DNS"), its
+    `_acme-challenge` CNAME points into a challenge zone on mamoru's own primary (B). The
+    primary is not authoritative for the clinic's name, so the CNAME is asked of the resolver
+    (A here; the system resolver by default), and the record goes into B's zone."""
+    from tests.servers.authdns import Zone
+
+    clinic_dns = bind_factory(zones=[Zone("clinic.test", [
+        "_acme-challenge IN CNAME clinic.challenges.test.",
+        "_acme-challenge.www IN CNAME www.clinic.challenges.test."])])
+    challenge_primary = bind_factory(zones=[Zone("challenges.test")])
+    solver = solver_for(challenge_primary, resolver=clinic_dns.address)
+    tasks = [APEX, WILDCARD, DnsTask.for_key_authorization("www.clinic.test", "w.thumb")]
+    with contextlib.ExitStack() as cleanup:
+        publish(solver, solver, tasks, 10, cleanup)
+        assert challenge_primary.zone_txt("challenges.test") == {
+            "clinic.challenges.test": {APEX.value, WILDCARD.value},
+            "www.clinic.challenges.test": {tasks[2].value}}
+    assert challenge_primary.zone_txt("challenges.test") == {}
+    assert clinic_dns.zone_txt("clinic.test") == {}

@@ -15,13 +15,17 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.resolver
+import dns.rrset
 import dns.tsig
 import dns.update
 
@@ -141,15 +145,18 @@ class Rfc2136Solver:
     """dns-01 by dynamic update to `server` ("host[:port]"). Implements DnsSolver and Waiter.
 
     `nameservers` ("host[:port]" each) replaces the NS set as the list to check for
-    propagation; `nameserver_port` is the port of the servers found in the NS set.
+    propagation; `nameserver_port` is the port of the servers found in the NS set;
+    `resolver` ("host[:port]") answers CNAME lookups the primary is not authoritative for
+    (default: the system's resolver).
     One instance serves one order at a time (it remembers what it added, for cleanup)."""
 
     challenge_type = CHALLENGE_TYPE
 
     def __init__(self, server: str, key: TsigKey, *, zone: str | None = None,
                  nameservers: Sequence[str] = (), nameserver_port: int = 53,
-                 ttl: int = 60, timeout: float = 10.0) -> None:
+                 resolver: str | None = None, ttl: int = 60, timeout: float = 10.0) -> None:
         self.server = parse_server(server)
+        self.resolver = parse_server(resolver) if resolver else None
         self.key = key
         self.zone = zone.rstrip(".").lower() if zone else None
         self.nameservers = [Nameserver(text, *parse_server(text)) for text in nameservers]
@@ -245,21 +252,15 @@ class Rfc2136Solver:
                                         keyalgorithm=ALGORITHMS[self.key.algorithm])
 
     def _follow_cnames(self, name: str) -> str:
-        """The name the TXT record must be written at: `name`, or where its CNAME chain (as
-        the primary serves it) ends."""
+        """The name the TXT record must be written at: `name`, or where its CNAME chain ends.
+        Each link is asked of the primary; a name the primary is not authoritative for (the
+        clinic's zone lives elsewhere and only the challenge zone is here) is asked of the
+        resolver (`resolver`, else the system's)."""
         seen = [name]
         for _ in range(MAX_CNAMES):
-            try:
-                response = query(name, "CNAME", *self.server, timeout=self.timeout)
-            except (dns.exception.DNSException, OSError) as error:
-                raise DnsFailed(f"cannot ask the DNS server {self._where} about {name}: "
-                                f"{error}", hint="Check rfc2136.server (host:port of the "
-                                "primary that accepts updates) and that it runs.") from None
-            target = next((str(rdata.target).rstrip(".").lower()
-                           for rrset in response.answer
-                           if rrset.rdtype == dns.rdatatype.CNAME
-                           and str(rrset.name).rstrip(".").lower() == name
-                           for rdata in rrset), None)
+            target = self._cname_at_primary(name)
+            if target is False:
+                target = self._cname_via_resolver(name)
             if target is None:
                 return name
             if target in seen:
@@ -268,6 +269,36 @@ class Rfc2136Solver:
             seen.append(target)
             name = target
         raise DnsFailed(f"the CNAME chain from {seen[0]} is longer than {MAX_CNAMES}")
+
+    def _cname_at_primary(self, name: str) -> str | Literal[False] | None:
+        """The CNAME target at `name` as the primary serves it; None when it has none;
+        False when the primary is not authoritative for `name`."""
+        try:
+            response = query(name, "CNAME", *self.server, timeout=self.timeout)
+        except (dns.exception.DNSException, OSError) as error:
+            raise DnsFailed(f"cannot ask the DNS server {self._where} about {name}: "
+                            f"{error}", hint="Check rfc2136.server (host:port of the "
+                            "primary that accepts updates) and that it runs.") from None
+        target = _cname_in(response.answer, name)
+        if target is None and not response.flags & dns.flags.AA:
+            return False
+        return target
+
+    def _cname_via_resolver(self, name: str) -> str | None:
+        resolver = dns.resolver.Resolver(configure=not self.resolver)
+        if self.resolver:
+            host, port = self.resolver
+            resolver.nameservers = [host]
+            resolver.port = port
+        resolver.lifetime = self.timeout
+        try:
+            answer = resolver.resolve(name, "CNAME", raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except dns.exception.DNSException as error:
+            log.debug("dns-01: no CNAME answer for %s from the resolver: %s", name, error)
+            return None
+        return _cname_in(answer.response.answer, name)
 
     def _zone_for(self, name: str) -> str:
         if self.zone and dns.name.from_text(name).is_subdomain(dns.name.from_text(self.zone)):
@@ -291,6 +322,14 @@ class Rfc2136Solver:
         if rcode != dns.rcode.NOERROR:
             raise _rcode_failure(rcode, self.key, self._where, zone, what)
         log.debug("dns-01: %s: %s done", self._where, what)
+
+
+def _cname_in(section: Sequence[dns.rrset.RRset], name: str) -> str | None:
+    for rrset in section:
+        if rrset.rdtype == dns.rdatatype.CNAME and str(rrset.name).rstrip(".").lower() == name:
+            for rdata in rrset:
+                return str(rdata.target).rstrip(".").lower()
+    return None
 
 
 def _relative(name: str, zone: str) -> dns.name.Name:
