@@ -59,6 +59,22 @@ def pebble_on_bind(bind_factory: Callable[..., Any],
 
 def test_wildcard_and_apex_certificate_through_bind(pebble_on_bind: Any) -> None:
     pebble, bind, session = pebble_on_bind
+    _wildcard_and_apex(pebble, bind, session)
+
+
+def test_wildcard_and_apex_certificate_through_knot(
+        tmp_path: Any, tsig_key: Any, pebble_factory: Callable[..., Pebble]) -> None:
+    from tests.dns.conftest import ZONES
+    from tests.servers.knot import Knot
+
+    with Knot(tmp_path / "knot", zones=ZONES, key=tsig_key) as knot:
+        pebble = pebble_factory(dns_server=knot.address)
+        session = AcmeSession(pebble.directory_url, ca_bundle=pebble.ca_bundle, timeout=10)
+        session.use_account(generate_key("ec-p256"))
+        _wildcard_and_apex(pebble, knot, session)
+
+
+def _wildcard_and_apex(pebble: Pebble, bind: Any, session: AcmeSession) -> None:
     solver = solver_for(bind)
     names = ["clinic.test", "*.clinic.test"]
     chain, _ = obtain_dns01(session, names, solver, solver)
