@@ -268,6 +268,9 @@ def test_the_server_being_down_is_a_clear_error() -> None:
     with pytest.raises(DnsFailed, match=r"cannot ask the DNS server 127\.0\.0\.1:") as caught:
         solver.present([APEX])
     assert "rfc2136.server" in caught.value.hint
+    started = time.monotonic()
+    assert solver.cleanup([APEX]) == []  # never sent: nothing to delete, no second wait
+    assert time.monotonic() - started < 0.5
 
 
 def test_a_real_secondary_is_waited_for_until_its_zone_transfer(bind_factory,

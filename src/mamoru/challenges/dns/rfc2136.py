@@ -164,6 +164,7 @@ class Rfc2136Solver:
         self.ttl = ttl
         self.timeout = timeout
         self._placed: dict[tuple[str, str], _Placed] = {}  # (record name, value) -> where
+        self._unsent: set[tuple[str, str]] = set()  # given to present(), never sent: not there
 
     @property
     def _where(self) -> str:
@@ -172,6 +173,7 @@ class Rfc2136Solver:
     # ---- DnsSolver -------------------------------------------------------------------------
 
     def present(self, tasks: Sequence[DnsTask]) -> None:
+        self._unsent.update((task.record_name, task.value) for task in tasks)
         targets: dict[str, tuple[str, str]] = {}  # record name -> (zone, name after CNAMEs)
         by_zone: dict[str, list[DnsTask]] = {}
         for task in tasks:
@@ -188,6 +190,7 @@ class Rfc2136Solver:
                 names.append(name)
                 # Remembered before sending: if the answer is lost, cleanup still deletes it.
                 self._placed[(task.record_name, task.value)] = _Placed(zone, name, task.value)
+                self._unsent.discard((task.record_name, task.value))
             self._send(update, zone, names, "add")
 
     def cleanup(self, tasks: Sequence[DnsTask]) -> list[DnsTask]:
@@ -195,6 +198,9 @@ class Rfc2136Solver:
         failed: list[DnsTask] = []
         for task in tasks:
             key = (task.record_name, task.value)
+            if key in self._unsent:  # present() failed before sending it: nothing to remove
+                self._unsent.discard(key)
+                continue
             try:
                 placed = self._placement(task)
             except DnsFailed as error:
