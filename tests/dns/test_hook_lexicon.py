@@ -60,6 +60,21 @@ def test_hook_writes_both_values_and_removes_only_them(bind_factory, tmp_path: P
     assert bind.zone_txt("clinic.test") == {RECORD: {"someone-else"}}
 
 
+def test_the_waiter_finds_the_nameservers_through_the_resolver(bind_factory,
+                                                              tmp_path: Path) -> None:
+    """No nameserver list: the zone, its NS set and their addresses come from the resolver
+    (the test BIND stands in for it), then the record is asked of each found server."""
+    bind = bind_factory()
+    waiter = PropagationWaiter(resolver=bind.address, port=bind.port)
+    assert waiter._zone("_acme-challenge.www.clinic.test") == "clinic.test"
+    assert [(s.name, s.address) for s in waiter._discover("clinic.test")] == [
+        ("ns1.clinic.test", "127.0.0.1")]
+    with contextlib.ExitStack() as cleanup:
+        publish(_hook(tmp_path, bind), waiter, [APEX, WILDCARD], 10, cleanup)
+        assert bind.txt(RECORD) == {APEX.value, WILDCARD.value}
+    waiter.wait([APEX, WILDCARD], 5, gone=True)
+
+
 def test_a_failing_hook_shows_its_output_and_is_cleaned_up(bind_factory,
                                                            tmp_path: Path) -> None:
     bind = bind_factory()

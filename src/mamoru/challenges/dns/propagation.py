@@ -223,13 +223,21 @@ def name_in(name: str, zone: str) -> bool:
 
 
 class PropagationWaiter:
-    """The Waiter for solvers that only write records (hook, lexicon): each name's zone and
-    its NS set come from the system resolver, unless `nameservers` ("host[:port]" each) names
-    the servers to ask. The answers are then asked of those servers directly."""
+    """The Waiter for solvers that only write records (hook, lexicon): each name's zone, its
+    NS set and their addresses come from the resolver (`resolver` "host[:port]", else the
+    system's), unless `nameservers` ("host[:port]" each) names the servers to ask. The
+    records are then asked of those servers directly; `port` is where found servers answer."""
 
-    def __init__(self, nameservers: Sequence[str] = (), *, port: int = 53) -> None:
+    def __init__(self, nameservers: Sequence[str] = (), *, resolver: str | None = None,
+                 port: int = 53) -> None:
         self.nameservers = [Nameserver(text, *parse_server(text, port)) for text in nameservers]
         self.port = port
+        self.resolver = dns.resolver.Resolver(configure=resolver is None)
+        if resolver is not None:
+            host, resolver_port = parse_server(resolver)
+            self.resolver.nameservers = [host]
+            self.resolver.port = resolver_port
+        self.resolver.lifetime = QUERY_TIMEOUT * 2
 
     def wait(self, tasks: Sequence[DnsTask], timeout: float, *, gone: bool = False) -> None:
         records = [(task.record_name, task.value) for task in tasks]
@@ -241,24 +249,36 @@ class PropagationWaiter:
                         servers.append(server)
         wait_visible(records, servers, timeout, gone=gone)
 
-    @staticmethod
-    def _zone(name: str) -> str:
+    def _zone(self, name: str) -> str:
         try:
-            return str(dns.resolver.zone_for_name(name)).rstrip(".").lower()
+            return str(dns.resolver.zone_for_name(name, resolver=self.resolver)).rstrip(".")
         except dns.exception.DNSException as error:
-            raise DnsFailed(f"cannot find the zone of {name} through the system resolver: "
-                            f"{error}", hint="List the zone's nameservers in "
-                            "propagation.nameservers.") from None
+            raise DnsFailed(f"cannot find the zone of {name} through the resolver: {error}",
+                            hint="List the zone's nameservers in propagation.nameservers.",
+                            ) from None
 
     def _discover(self, zone: str) -> list[Nameserver]:
         try:
-            answer = dns.resolver.resolve(zone, "NS")
+            answer = self.resolver.resolve(zone, "NS")
         except dns.exception.DNSException as error:
             raise DnsFailed(f"cannot find the nameservers of {zone}: {error}",
                             hint="List them in propagation.nameservers.") from None
         servers: list[Nameserver] = []
         for rdata in answer:
             name = str(rdata.target).rstrip(".").lower()
-            servers.extend(Nameserver(name, address, self.port)
-                           for address in resolve_address(name))
+            addresses = self._addresses(name)
+            if not addresses:
+                raise DnsFailed(f"the nameserver {name} of {zone} has no address",
+                                hint="List the nameservers in propagation.nameservers.")
+            servers.extend(Nameserver(name, address, self.port) for address in addresses)
         return servers
+
+    def _addresses(self, name: str) -> list[str]:
+        found: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = self.resolver.resolve(name, rdtype, raise_on_no_answer=False)
+            except dns.exception.DNSException:
+                continue
+            found.extend(str(rdata) for rdata in answer.rrset or ())
+        return found
