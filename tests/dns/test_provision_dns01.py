@@ -1,0 +1,91 @@
+"""`mamoru provision` with dns-01 sites, end to end: Pebble resolves every name through a real
+BIND, mamoru writes the TXT records there by RFC 2136, and no http-01 port is needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import provision_json, verify_chain, write_config
+from tests.servers.webroot_http import WebrootServer
+
+pytestmark = pytest.mark.e2e
+
+
+def rfc2136(bind: Any, key_file: Path) -> dict[str, Any]:
+    return {"server": bind.address, "key_name": bind.key.name,
+            "key_secret_file": str(key_file)}
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, tsig_key: Any) -> Path:
+    path = tmp_path / "tsig.key"
+    path.write_text(tsig_key.bind_clause())  # as tsig-keygen wrote it
+    path.chmod(0o600)
+    return path
+
+
+def test_a_wildcard_site_by_rfc2136_with_no_http_port(bind_factory, pebble_factory,
+                                                      tmp_path: Path, key_file: Path) -> None:
+    bind = bind_factory()
+    pebble = pebble_factory(dns_server=bind.address)  # nothing listens on its http port
+    names = ["clinic.test", "*.clinic.test"]
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": names, "challenge": {
+            "type": "dns-01", "rfc2136": rfc2136(bind, key_file),
+            "nameservers": [bind.address], "propagation_timeout": 30}}})
+    summary = provision_json("-c", str(config))
+    assert summary["sites"][0]["status"] == "issued", summary
+    fullchain = (tmp_path / "live" / "clinic" / "fullchain.pem").read_bytes()
+    for name in ("clinic.test", "www.clinic.test"):
+        verify_chain(fullchain, pebble.root_pem(), name)
+    assert bind.zone_txt("clinic.test") == {}
+    assert not (tmp_path / "state" / "sites" / "clinic" / "dns01-journal.json").exists()
+    log = (tmp_path / "log" / "events.jsonl").read_text()
+    assert '"dns-published"' in log and "dns-01 challenges" in log
+    assert bind.key.secret not in log
+
+
+def test_a_site_mixing_http01_and_dns01_names(bind_factory, pebble_factory, tmp_path: Path,
+                                              key_file: Path) -> None:
+    bind = bind_factory()  # www.clinic.test A 127.0.0.1: Pebble fetches http-01 from us
+    pebble = pebble_factory(dns_server=bind.address)
+    webroot = tmp_path / "webroot"
+    webroot.mkdir()
+    names = ["www.clinic.test", "*.clinic.test"]
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": names, "challenge": {
+            "webroot": str(webroot), "dns01_names": ["*.clinic.test"],
+            "rfc2136": rfc2136(bind, key_file), "nameservers": [bind.address]}}})
+    with WebrootServer(webroot, pebble.http_port) as server:
+        summary = provision_json("-c", str(config))
+        assert summary["sites"][0]["status"] == "issued", summary
+        assert server.requests  # www.clinic.test came by http-01
+    fullchain = (tmp_path / "live" / "clinic" / "fullchain.pem").read_bytes()
+    verify_chain(fullchain, pebble.root_pem(), "www.clinic.test")
+    verify_chain(fullchain, pebble.root_pem(), "portal.clinic.test")
+    log = (tmp_path / "log" / "events.jsonl").read_text()
+    assert "dns-01 and http-01 challenges" in log
+    assert bind.zone_txt("clinic.test") == {}
+
+
+def test_a_wrong_key_fails_the_site_with_what_to_do(bind_factory, pebble_factory,
+                                                    tmp_path: Path) -> None:
+    from tests.servers.authdns import TestKey
+
+    bind = bind_factory()
+    pebble = pebble_factory(dns_server=bind.address)
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(TestKey(name=bind.key.name).secret + "\n")
+    wrong.chmod(0o600)
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": ["clinic.test"], "challenge": {
+            "type": "dns-01", "rfc2136": rfc2136(bind, wrong),
+            "nameservers": [bind.address]}}})
+    summary = provision_json("-c", str(config), check=1)
+    text = str(summary)
+    assert "BADSIG" in text and "key_secret_file" in text, text
+    assert wrong.read_text().strip() not in text
+    assert bind.zone_txt("clinic.test") == {}
