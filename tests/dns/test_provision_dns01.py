@@ -89,3 +89,28 @@ def test_a_wrong_key_fails_the_site_with_what_to_do(bind_factory, pebble_factory
     assert "BADSIG" in text and "key_secret_file" in text, text
     assert wrong.read_text().strip() not in text
     assert bind.zone_txt("clinic.test") == {}
+
+
+def test_check_dns_verb(bind_factory, tmp_path: Path, key_file: Path) -> None:
+    from tests.helpers import run_mamoru
+    from tests.servers.authdns import TestKey
+
+    bind = bind_factory()
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(TestKey(name="nobody").bind_clause().replace("nobody", bind.key.name))
+    wrong.chmod(0o600)
+    config = write_config(tmp_path, "https://ca.invalid/dir", None, {
+        "clinic": {"domains": ["clinic.test", "*.clinic.test", "delegated.clinic.test"],
+                   "challenge": {"type": "dns-01", "rfc2136": rfc2136(bind, key_file),
+                                 "nameservers": [bind.address]}},
+        "other": {"domains": ["refused.test"],
+                  "challenge": {"type": "dns-01", "rfc2136": rfc2136(bind, wrong),
+                                "nameservers": [bind.address]}},
+        "web": {"domains": ["www.clinic.test"], "challenge": {"webroot": str(tmp_path)}}})
+    ok = run_mamoru("check-dns", "-c", str(config), "clinic", check=0)
+    assert "clinic: ok" in ok.stdout
+    assert "_acme-challenge.clinic.test, _acme-challenge.delegated.clinic.test" in ok.stdout
+    bad = run_mamoru("check-dns", "-c", str(config), check=1)
+    assert "clinic: ok" in bad.stdout and "other: FAILED" in bad.stdout
+    assert "BADSIG" in bad.stdout and "web" not in bad.stdout
+    assert bind.zone_txt("clinic.test") == {} and bind.zone_txt("challenges.test") == {}
