@@ -3,6 +3,7 @@ BIND, mamoru writes the TXT records there by RFC 2136, and no http-01 port is ne
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,38 @@ def test_check_dns_verb(bind_factory, tmp_path: Path, key_file: Path) -> None:
     assert "clinic: ok" in bad.stdout and "other: FAILED" in bad.stdout
     assert "BADSIG" in bad.stdout and "web" not in bad.stdout
     assert bind.zone_txt("clinic.test") == {} and bind.zone_txt("challenges.test") == {}
+
+
+def test_the_daemon_renews_a_dns01_site_with_no_http_port(bind_factory, pebble_factory,
+                                                           tmp_path: Path,
+                                                           key_file: Path) -> None:
+    """Short-lived certificates (16 s): `mamoru run` renews the wildcard site at half its
+    lifetime through BIND, while nothing listens on Pebble's http-01 port."""
+    from tests.e2e.test_daemon import soak
+
+    bind = bind_factory()
+    pebble = pebble_factory(dns_server=bind.address, validity_seconds=16)
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {
+        "clinic": {"domains": ["clinic.test", "*.clinic.test"], "challenge": {
+            "type": "dns-01", "rfc2136": rfc2136(bind, key_file),
+            "nameservers": [bind.address]}}},
+        extra={"renewal": {"jitter_fraction": 0.1}})
+    daemon = soak.Daemon(config, tmp_path / "mamoru.log").start()
+    try:
+        events = tmp_path / "log" / "events.jsonl"
+        live = tmp_path / "live" / "clinic" / "fullchain.pem"
+        soak.wait_events(events, lambda e: e["kind"] == "issued", timeout=30, daemon=daemon)
+        deadline = time.monotonic() + 10
+        while not live.exists():  # issued, then put in service
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first = live.read_bytes()
+        soak.wait_events(events, lambda e: e["kind"] == "renewed", timeout=40, daemon=daemon)
+        renewed = live.read_bytes()
+        assert renewed != first
+        verify_chain(renewed, pebble.root_pem(), "www.clinic.test")
+        assert daemon.stop()[0] == 0
+    finally:
+        daemon.cleanup()
+    assert bind.zone_txt("clinic.test") == {}
+    assert pebble.order_count() >= 2
