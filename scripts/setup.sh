@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what mamoru's tests and demo need on a fresh Debian 12 machine (run as root):
 # Debian's pebble (a test ACME CA), nginx, Apache, systemd-analyze and strace (the reliability
-# suite traces how key files are created), then a venv in .venv with mamoru and its test
+# suite traces how key files are created), BIND 9 and Knot DNS with their tools (the dns-01
+# tests run real primaries; the hook test calls nsupdate), then a venv in .venv with mamoru and its test
 # extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +13,15 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 need=()
-for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace; do
+for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace \
+           bind9 bind9-utils bind9-dnsutils knot knot-dnsutils; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
   # policy-rc.d 101: the packages must not start the distribution's own nginx/Apache on
-  # port 80; the tests and the demo run their own instances on loopback.
+  # port 80 (nor named/knotd on port 53); the tests and the demo run their own instances
+  # on loopback.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get install -y -q --no-install-recommends "${need[@]}"
   rm -f /usr/sbin/policy-rc.d

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     verb("check-config", "validate the config and list every problem with its line",
          cmd_check_config)
 
+    p = verb("check-dns", "prove mamoru can write, see on every authoritative nameserver and "
+             "remove a TXT record for each dns-01 name of a site (before its first order)",
+             cmd_check_dns)
+    p.add_argument("sites", nargs="*", metavar="SITE",
+                   help="sites to check (default: every site with dns-01 names)")
+
     p = verb("check", "look at live sites the way a patient's browser does", cmd_check)
     p.add_argument("targets", nargs="*", metavar="URL|SITE",
                    help="URLs or host names, or configured site names (default: every site)")
@@ -234,6 +240,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"{'s' if len(settings.sites) != 1 else ''}, {names} name{'s' if names != 1 else ''}, "
           f"CA {settings.acme.directory}")
     return EXIT_OK
+
+
+def cmd_check_dns(args: argparse.Namespace) -> int:
+    from mamoru.challenges.dns.base import DnsFailed
+    from mamoru.challenges.dns.check import check_dns
+    from mamoru.challenges.dns.setup import dns_solver_for
+    from mamoru.errors import UsageError
+
+    settings = _load(args)
+    sites = [site for site in _select(settings, args.sites) if site.challenge.dns01 is not None]
+    if not sites:
+        raise UsageError("no site with dns-01 names to check (challenge.type: dns-01 or "
+                         "challenge.dns01_names)")
+    failed = 0
+    for site in sites:
+        dns01 = site.challenge.dns01
+        assert dns01 is not None
+        names = [name for name in site.domains if site.challenge.type_for(name) == "dns-01"]
+        try:
+            solver, waiter = dns_solver_for(dns01)
+        except DnsFailed as error:
+            failed += 1
+            print(f"{site.name}: FAILED — {error}\n  {error.hint}")
+            continue
+        result = check_dns(solver, waiter, names, dns01.propagation_timeout)
+        if result.ok:
+            print(f"{site.name}: ok — wrote, saw on every authoritative nameserver after "
+                  f"{result.published_seconds:.1f} s and removed a TXT record at "
+                  f"{', '.join(result.records)}")
+        else:
+            failed += 1
+            problem = result.error
+            assert problem is not None
+            print(f"{site.name}: FAILED — {problem}"
+                  + (f"\n  {problem.hint}" if problem.hint else ""))
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 # How long a one-shot command waits at exit for alerts still being delivered (retries

@@ -1,7 +1,8 @@
 """Obtain one certificate: order, answer every challenge, finalize, download.
 
 Cleanup of presented challenges always runs (ExitStack), after success, a CA error, a timeout
-or a stop request.
+or a stop request. An order's dns-01 records are published as one batch and waited for once
+(every authoritative nameserver serves every value) before any challenge is answered.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from mamoru.challenges.base import ChallengeSolver, solver_for
+from mamoru.challenges.base import ChallengeSolver, ChallengeTask, solver_for
+from mamoru.challenges.dns.base import CHALLENGE_TYPE as DNS01
+from mamoru.challenges.dns.base import DnsSolver, DnsTask, Journal, Waiter, publish
+from mamoru.challenges.dns.setup import dns_solver_for
 from mamoru.config.model import Site
 from mamoru.errors import OrderFailed
 from mamoru.observe.events import Events
@@ -43,7 +47,7 @@ class Issued:
 def obtain(
     site: Site,
     session: AcmeSession,
-    solver: ChallengeSolver,
+    solver: ChallengeSolver | None,
     key: PrivateKey | Future[PrivateKey],
     events: Events,
     *,
@@ -51,24 +55,37 @@ def obtain(
     replaces: str | None,
     timeout: float,
     finalize: bool = True,
+    dns: tuple[DnsSolver, Waiter | None] | None = None,
+    dns_journal: str | None = None,
 ) -> Issued:
     """Run one order for `site` with `key` (or the key being made: it is waited for only
-    when the CSR is signed). Raises IssuanceError subclasses."""
+    when the CSR is signed). `solver` answers the http-01 names, `dns` (solver, waiter) the
+    dns-01 names: all of an order's dns-01 records are published in one batch and waited for
+    once. Raises IssuanceError subclasses."""
     deadline = time.monotonic() + timeout
     names = list(site.domains)
     order = session.new_order(names, profile=profile, replaces=replaces)
     events.emit("order", site.name, order=order.url, names=names, replaces=order.replaced,
                 profile=profile)
-    tasks = session.pending_challenges(order, solver.challenge_type)
+    tasks = session.pending_challenges(order, site.challenge.type_for)
+    http_tasks = [task for task in tasks if task.type != DNS01]
+    dns_tasks = [task for task in tasks if task.type == DNS01]
     with contextlib.ExitStack() as cleanup:
-        for task in tasks:
+        if http_tasks and solver is None:
+            raise OrderFailed(f"no http-01 solver for {http_tasks[0].identifier}")
+        for task in http_tasks:
+            assert solver is not None
             cleanup.callback(solver.cleanup, task)  # registered before present: always runs
             solver.present(task)
+        if dns_tasks:
+            _publish_dns(site, dns, dns_tasks, deadline, cleanup, dns_journal, events,
+                         order.url)
         for task in tasks:  # answered together, validated in parallel by the CA
             session.answer(task)
         if tasks:
             events.emit("challenge", site.name, names=[t.identifier for t in tasks],
-                        challenge_type=solver.challenge_type, order=order.url)
+                        challenge_type=" and ".join(sorted({t.type for t in tasks})),
+                        order=order.url)
         session.wait_authorizations(order, tasks, deadline)
     if tasks:
         events.emit("validated", site.name, order=order.url)
@@ -82,9 +99,25 @@ def obtain(
                   replaced=order.replaced, profile=profile)
 
 
+def _publish_dns(site: Site, dns: tuple[DnsSolver, Waiter | None] | None,
+                 tasks: list[ChallengeTask], deadline: float, cleanup: contextlib.ExitStack,
+                 journal: str | None, events: Events, order_url: str) -> None:
+    """Every dns-01 record of the order in one batch, then one wait for all of them."""
+    if dns is None or site.challenge.dns01 is None:
+        raise OrderFailed(f"no dns-01 solver for {tasks[0].identifier}")
+    records = [DnsTask.for_key_authorization(task.identifier, task.key_authorization)
+               for task in tasks]
+    started = time.monotonic()
+    wait = min(site.challenge.dns01.propagation_timeout, max(1.0, deadline - started))
+    publish(dns[0], dns[1], records, wait, cleanup, Journal(journal) if journal else None)
+    events.emit("dns-published", site.name, names=[task.identifier for task in tasks],
+                seconds=round(time.monotonic() - started, 3), order=order_url)
+
+
 def obtain_for_site(site: Site, session: AcmeSession, events: Events,
                     current: CertVersion | None, *, default_profile: str | None,
-                    timeout: float, finalize: bool = True) -> Issued:
+                    timeout: float, finalize: bool = True,
+                    dns_journal: str | None = None) -> Issued:
     """Everything `obtain` needs, picked for `site`: the profile the CA offers, `replaces`
     when the CA speaks ARI, the solver, and a fresh key. `session` has the account loaded."""
     profile = site.profile or default_profile
@@ -100,9 +133,14 @@ def obtain_for_site(site: Site, session: AcmeSession, events: Events,
     if current is not None and session.supports_ari:
         # Metadata rebuilt from the certificate has no id: derive it from the certificate.
         replaces = current.meta.get("ari_cert_id") or _cert_id_of(current)
+    challenge = site.challenge
+    http_names = [name for name in site.domains if challenge.type_for(name) != DNS01]
+    solver = solver_for(challenge) if http_names else None
+    dns = dns_solver_for(challenge.dns01) if challenge.dns01 is not None else None
     key = _make_key(site.key)
-    issued = obtain(site, session, solver_for(site.challenge), key, events, profile=profile,
-                    replaces=replaces, timeout=timeout, finalize=finalize)
+    issued = obtain(site, session, solver, key, events, profile=profile,
+                    replaces=replaces, timeout=timeout, finalize=finalize, dns=dns,
+                    dns_journal=dns_journal)
     return dataclasses.replace(issued, profile_wanted=site.profile or default_profile)
 
 

@@ -223,7 +223,8 @@ def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
     def attempt(session: AcmeSession) -> Issued:
         return obtain_for_site(site, session, app.events, current,
                                default_profile=app.settings.acme.profile,
-                               timeout=app.settings.acme.order_timeout, finalize=finalize)
+                               timeout=app.settings.acme.order_timeout, finalize=finalize,
+                               dns_journal=_dns_journal(app, site))
 
     session = app.account_session()
     signed_by = session.account_url
@@ -458,3 +459,11 @@ def browser_check(site: Site, app: App, version: CertVersion) -> None:
     worst = max((r.worst for r in reports), key=["ok", "warning", "problem"].index, default="ok")
     level = {"ok": 6, "warning": 4, "problem": 3}[worst]
     app.events.emit("check", site.name, worst=worst, findings=findings, level=level)
+
+
+def _dns_journal(app: App, site: Site) -> str | None:
+    """Where the site's dns-01 values in flight are noted, beside its state.json (under the
+    site lock), so the next run removes what a killed one left in the zone."""
+    if site.challenge.dns01 is None:
+        return None
+    return os.path.join(app.settings.paths.state, "sites", site.name, "dns01-journal.json")

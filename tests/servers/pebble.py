@@ -71,6 +71,9 @@ class Pebble:
         tls_port: the port Pebble dials for tls-alpn-01 (free port by default; unused by the
             ``acme`` library, which has no tls-alpn-01).
         extra_env: more environment for pebble (e.g. ``{"PEBBLE_CHAIN_LENGTH": "3"}``).
+        dns_server: ``host:port`` Pebble resolves every name through (``-dnsserver``), e.g. a
+            test BIND, so dns-01 is validated against that server's records; None (default) =
+            challtestsrv's DNS. challtestsrv runs either way (its management API stays usable).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Pebble:
         authz_reuse: int = 0,
         tls_port: int | None = None,
         extra_env: dict[str, str] | None = None,
+        dns_server: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.nonce_reject = int(nonce_reject)
@@ -93,6 +97,7 @@ class Pebble:
         self.authz_reuse = int(authz_reuse)
         self.tls_port = tls_port
         self.extra_env = dict(extra_env or {})
+        self.dns_server = dns_server
 
         self.listen_port: int | None = None
         self.management_port: int | None = None
@@ -171,7 +176,7 @@ class Pebble:
                 "-config",
                 str(self.config_path),
                 "-dnsserver",
-                f"{LOOPBACK}:{self.dns_port}",
+                self.dns_server or f"{LOOPBACK}:{self.dns_port}",
                 "-strict=false",
             ],
             self.log_path,

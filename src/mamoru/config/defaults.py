@@ -49,6 +49,14 @@ CHALLENGE_TYPE: Final = "http-01"
 ADDRESS_HOST: Final = LOCALHOST
 # Answering challenges on a non-loopback address must be asked for.
 CHALLENGE_STANDALONE_PUBLIC: Final = False
+# Seconds to wait until every authoritative nameserver serves an order's dns-01 records.
+CHALLENGE_PROPAGATION_TIMEOUT: Final = 120
+# Seconds a dns-01 hook command may run.
+CHALLENGE_HOOK_TIMEOUT: Final = 60
+CHALLENGE_HOOK_CLEANUP: Final[tuple[str, ...]] = ()  # no cleanup program: nothing is run
+# Check the zone's NS set (as its primary serves it) unless nameservers are listed.
+CHALLENGE_NAMESERVERS: Final[tuple[str, ...]] = ()
+CHALLENGE_DNS01_NAMES: Final[tuple[str, ...]] = ()  # with http-01: no name by dns-01
 SERVER_TYPE: Final = "none"
 SERVER_MODE: Final = "site"
 SERVER_LISTEN_HTTPS: Final = "443"
@@ -87,6 +95,7 @@ WARNINGS: Final[tuple[str, ...]] = ()  # a config read without remarks has none
 
 # --- the values some keys may take ----------------------------------------------------------------
 KEY_TYPES: Final = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
-CHALLENGE_TYPES: Final = ("http-01",)
+CHALLENGE_TYPES: Final = ("http-01", "dns-01")
+TSIG_ALGORITHMS: Final = ("hmac-sha256", "hmac-sha224", "hmac-sha384", "hmac-sha512")
 SERVER_TYPES: Final = ("nginx", "apache", "command", "none")
 SERVER_MODES: Final = ("site", "include")

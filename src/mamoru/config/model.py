@@ -69,11 +69,59 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class Rfc2136:
+    """dns-01 by RFC 2136 dynamic update. `key` is the text of the key file (a base64 secret,
+    a BIND/tsig-keygen `key {}` clause or Knot's `key:` section), parsed by the solver."""
+
+    server: str  # host[:port] of the primary that accepts updates
+    key_name: str
+    key: Secret
+    key_algorithm: str | None = None  # None: the key file's, else hmac-sha256
+    zone: str | None = None  # None: found by an SOA query to the server
+    resolver: str | None = None  # host[:port] for CNAMEs the primary does not serve
+
+
+@dataclass(frozen=True)
+class DnsProvider:
+    """dns-01 through a dns-lexicon provider; the credentials file is read by the solver."""
+
+    name: str
+    credentials_file: str
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class DnsHook:
+    present: tuple[str, ...]
+    cleanup: tuple[str, ...] = D.CHALLENGE_HOOK_CLEANUP
+    timeout: float = D.CHALLENGE_HOOK_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Dns01:
+    """How a site's dns-01 records are written (exactly one of the three) and checked."""
+
+    rfc2136: Rfc2136 | None = None
+    provider: DnsProvider | None = None
+    hook: DnsHook | None = None
+    propagation_timeout: float = D.CHALLENGE_PROPAGATION_TIMEOUT
+    nameservers: tuple[str, ...] = D.CHALLENGE_NAMESERVERS  # to check instead of the NS set
+
+
+@dataclass(frozen=True)
 class Challenge:
-    """A site's `challenge:`: how mamoru proves control of its names (http-01)."""
+    """A site's `challenge:`: how mamoru proves control of its names. `type` is the site's
+    challenge; with http-01, the names in `dns01_names` use dns-01 (`dns01` says how)."""
+
     type: str = D.CHALLENGE_TYPE
     webroot: str | None = None
     standalone: tuple[str, int] | None = None  # (host, port) mamoru listens on itself
+    dns01: Dns01 | None = None
+    dns01_names: tuple[str, ...] = D.CHALLENGE_DNS01_NAMES
+
+    def type_for(self, name: str) -> str:
+        """The challenge type that proves control of `name` (as ordered, "*." included)."""
+        return "dns-01" if self.type == "dns-01" or name in self.dns01_names else "http-01"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from urllib.parse import SplitResult, urlsplit
 
 from mamoru.config import defaults as D
+from mamoru.config import dns01
 from mamoru.config.fields import Fields
 from mamoru.config.model import (
     AcmeSettings,
@@ -51,7 +52,7 @@ def build(root: Node, problems: Problems, file_mode: int | None) -> Settings | N
     alerts = _alerts(top.sub("alerts"), file_mode)
     metrics = _metrics(top.sub("metrics"))
     check = _check(top.sub("check"))
-    sites = list(_sites(top))
+    sites = list(_sites(top, file_mode))
     top.finish()
     if problems.errors:
         return None
@@ -278,7 +279,7 @@ def _check(m: Fields) -> CheckSettings:
     return out
 
 
-def _sites(top: Fields) -> Iterator[Site]:
+def _sites(top: Fields, file_mode: int | None) -> Iterator[Site]:
     problems = top.problems
     node = top.node("sites")
     if node is None or node.value is None:
@@ -297,7 +298,7 @@ def _sites(top: Fields) -> Iterator[Site]:
             problems.error(line, path, str(error))
             continue
         site = _site(name, Fields(problems, site_node, path, required=True, parent_line=line),
-                     line)
+                     line, file_mode)
         if site is None:
             continue
         for domain in site.domains:
@@ -307,12 +308,12 @@ def _sites(top: Fields) -> Iterator[Site]:
         yield site
 
 
-def _site(name: str, m: Fields, line: int) -> Site | None:
+def _site(name: str, m: Fields, line: int, file_mode: int | None) -> Site | None:
     before = len(m.problems.errors)
     domains = _domains(m)
     key = m.text("key", D.SITE_KEY, choices=D.KEY_TYPES)
     profile = m.text("profile", None)
-    challenge = _challenge(m.sub("challenge"), domains)
+    challenge = _challenge(m.sub("challenge"), domains, file_mode)
     server = _server(m.sub("server"))
     m.finish()
     if len(m.problems.errors) > before:
@@ -348,28 +349,41 @@ def _domains(m: Fields) -> list[str]:
     return domains
 
 
-def _challenge(m: Fields, domains: list[str]) -> Challenge:
+def _challenge(m: Fields, domains: list[str], file_mode: int | None) -> Challenge:
     problems = m.problems
     ctype = m.text("type", D.CHALLENGE_TYPE, choices=D.CHALLENGE_TYPES)
+    dns_names = dns01.dns01_names(m, domains)
+    dns = None
+    if dns01.wanted(m, ctype, dns_names):
+        dns = dns01.dns01(m, file_mode)
+    else:
+        dns01.ignore(m)
+    http_names = [] if ctype == "dns-01" else [d for d in domains if d not in dns_names]
     webroot = m.path_value("webroot", None)
     standalone = m.address("standalone", default_host=D.ADDRESS_HOST)
     public = m.flag("standalone_public", D.CHALLENGE_STANDALONE_PUBLIC)
     if webroot and standalone:
         problems.error(m.key_line("standalone"), m.path, "give webroot or standalone, not both")
-    elif not webroot and not standalone:
+    elif not webroot and not standalone and http_names:
         problems.error(m.line, m.path,
                        "http-01 needs webroot: DIR (a directory your web server serves) or "
-                       "standalone: \"HOST:PORT\" (mamoru answers on that address itself)")
+                       "standalone: \"HOST:PORT\" (mamoru answers on that address itself)"
+                       "; or set type: dns-01")
+    elif (webroot or standalone) and not http_names:
+        m.error("webroot" if webroot else "standalone",
+                "is for http-01, and every name of this site uses dns-01: remove it")
     if standalone and not is_loopback(standalone[0]) and not public:
         m.error("standalone",
                 f"{standalone[0]} is not a loopback address; mamoru answers challenges on "
                 "other addresses only with standalone_public: true")
-    wildcards = [d for d in domains if d.startswith("*.")]
+    wildcards = [d for d in http_names if d.startswith("*.")]
     if wildcards:
         problems.error(m.line, m.path, f"{wildcards[0]} is a wildcard: http-01 cannot validate "
-                       "wildcard names (they need dns-01)")
+                       "wildcard names (they need dns-01: set type: dns-01, or list it in "
+                       "dns01_names with an rfc2136, provider or hook section)")
     m.finish()
-    return Challenge(type=ctype or D.CHALLENGE_TYPE, webroot=webroot, standalone=standalone)
+    return Challenge(type=ctype or D.CHALLENGE_TYPE, webroot=webroot, standalone=standalone,
+                     dns01=dns, dns01_names=tuple(dns_names))
 
 
 def _server(m: Fields) -> Server:

@@ -261,6 +261,9 @@ MESSAGES: dict[str, Message] = {
     "order": Message(("names",), lambda site, f: f"order created for {listing(f['names'])}"),
     "challenge": Message(("names",), lambda site, f: (
         f"answered {plural(len(f['names']), f.get('challenge_type', 'http-01') + ' challenge')}")),
+    "dns-published": Message(("names", "seconds"), lambda site, f: (
+        f"dns-01 records for {plural(len(f['names']), 'name')} seen on every authoritative "
+        f"nameserver after {f['seconds']:.1f} s")),
     "validated": Message((), lambda site, f: "the CA validated every name"),
     # app.py
     "account": Message(("account",), _account),

@@ -400,26 +400,30 @@ class AcmeSession:
             poll.retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return body if isinstance(body, dict) else {}
 
-    def pending_challenges(self, order: Order, challenge_type: str = "http-01"
+    def pending_challenges(self, order: Order,
+                           challenge_type: str | Callable[[str], str] = "http-01"
                            ) -> list[ChallengeTask]:
-        """The challenges to answer for `order` (authorizations already valid are skipped)."""
+        """The challenges to answer for `order` (authorizations already valid are skipped).
+        `challenge_type` is one type for every name, or a function of the name as ordered
+        (a wildcard authorization is named "*.<name>", RFC 8555 §7.1.4)."""
         tasks = []
         for authz_url in order.authorizations:
             authz = self.get(authz_url, "fetching an authorization")
-            name = str(authz.get("identifier", {}).get("value", ""))
+            name = _authz_name(authz)
             status = authz.get("status")
             if status == "valid":
                 continue
             if status != "pending":
                 raise self._authz_error(authz, name, None)
+            wanted = challenge_type(name) if callable(challenge_type) else challenge_type
             chosen = next((c for c in authz.get("challenges", []) if c.get("type") ==
-                           challenge_type), None)
+                           wanted), None)
             if chosen is None:
                 offered = ", ".join(c.get("type", "?") for c in authz.get("challenges", []))
-                raise OrderFailed(f"the CA offers no {challenge_type} challenge for {name} "
+                raise OrderFailed(f"the CA offers no {wanted} challenge for {name} "
                                   f"(it offers: {offered})")
             token = str(chosen["token"])
-            tasks.append(ChallengeTask(identifier=name, type=challenge_type, token=token,
+            tasks.append(ChallengeTask(identifier=name, type=wanted, token=token,
                                        key_authorization=self.key_authorization(token),
                                        url=str(chosen["url"])))
         return tasks
@@ -440,7 +444,7 @@ class AcmeSession:
             for url in remaining:
                 authz = self.get(url, "checking an authorization", poll)
                 status = authz.get("status")
-                name = str(authz.get("identifier", {}).get("value", ""))
+                name = _authz_name(authz)
                 if status == "valid":
                     continue
                 if status in ("invalid", "deactivated", "expired", "revoked"):
@@ -460,14 +464,21 @@ class AcmeSession:
                 # state or logs (the same "[token]" the event log shows).
                 problem = json.loads(_TOKEN_IN_URL.sub(r"\1[token]",
                                                        json.dumps(challenge["error"])))
-        tried = f" (the CA fetched http://{name}{PREFIX_HTTP01}[token])" if task else ""
+        if task is not None and task.type == "dns-01":
+            tried = f" (the CA looked up TXT _acme-challenge.{name.removeprefix('*.')})"
+        else:
+            tried = f" (the CA fetched http://{name}{PREFIX_HTTP01}[token])" if task else ""
         error = problem_error(problem or {"type": ACME_ERROR + "unauthorized",
                                           "detail": f"authorization is {authz.get('status')}"},
                               status=None, retry_after=None, url=tried.strip(" ()") or name,
                               context=f"validating {name}")
         if not isinstance(error, ChallengeFailed | OrderFailed):
-            return ChallengeFailed(str(error), hint=error.hint, problem_type=error.problem_type,
-                                   detail=error.detail)
+            error = ChallengeFailed(str(error), hint=error.hint, problem_type=error.problem_type,
+                                    detail=error.detail)
+        if task is not None and task.type == "dns-01" and isinstance(error, ChallengeFailed):
+            error.hint = ("Check that every authoritative nameserver of the zone serves the "
+                          "TXT record (`mamoru check-dns SITE` tries it) and that no CAA "
+                          "record forbids this CA.")
         return error
 
     def finalize(self, order: Order, csr_der: bytes, deadline: float) -> bytes:
@@ -521,6 +532,12 @@ class AcmeSession:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _authz_name(authz: dict[str, Any]) -> str:
+    """The name an authorization is for, as it was ordered: "*.<value>" for a wildcard."""
+    name = str(authz.get("identifier", {}).get("value", ""))
+    return f"*.{name}" if authz.get("wildcard") is True else name
 
 
 def _short(error: BaseException | None) -> str:
