@@ -37,6 +37,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "app": {"install", "check", "service", "pipeline", "cli"},
     "pipeline": {"service", "cli"},
     "service": {"cli"},
+    "migrate": {"install", "renewal", "service", "observe", "check", "issuance", "pipeline",
+                "app", "cli"},
 }
 # What a "*" part may still import.
 ALLOW_ALWAYS: set[str] = set()
