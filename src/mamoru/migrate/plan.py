@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mamoru.config.defaults import KEY_TYPES
-from mamoru.migrate.certbot_state import Lineage, as_list
+from mamoru.migrate.certbot_state import CertbotState, Lineage, Refusal, as_list
 from mamoru.netaddr import is_loopback
 
 #: Where mamoru serves http-01 answers for lineages certbot's nginx/apache plugin validated.
@@ -224,3 +224,20 @@ def reload_argv(text: str) -> list[str] | None:
     if program in ("apachectl", "apache2ctl", "httpd") and rest and rest[-1] == "graceful":
         return argv
     return None
+
+
+def plan_state(state: CertbotState, **options: Any) -> tuple[list[SitePlan], list[Refusal]]:
+    """A plan for every lineage that maps; a Refusal with the reason for every other one
+    (including those `read_state` could not read)."""
+    plans: list[SitePlan] = []
+    refused = list(state.refused)
+    taken: set[str] = set()
+    for lineage in state.lineages:
+        try:
+            plan = plan_lineage(lineage, taken=taken, **options)
+        except Unmappable as why:
+            refused.append(Refusal(lineage.name, lineage.conf_path, str(why)))
+            continue
+        taken.add(plan.site)
+        plans.append(plan)
+    return plans, refused
