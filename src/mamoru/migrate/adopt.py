@@ -38,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mamoru.errors import MamoruError, StorageError
-from mamoru.migrate.certbot_state import KINDS, Unreadable, read_conf, read_lineage
+from mamoru.migrate.certbot_state import KINDS, Lineage, Unreadable, read_conf
 from mamoru.migrate.plan import SitePlan
 from mamoru.protocol.account import account_dir
 from mamoru.storage.atomic import ensure_dir, fsync_dir, replace_symlink, write_file
@@ -86,10 +86,9 @@ def adopt_all(plans: list[SitePlan], storage: FileStorage, state_dir: str
 def adopt(plan: SitePlan, storage: FileStorage, state_dir: str,
           manifest: dict[str, Any]) -> Imported:
     lineage = plan.lineage
-    root = os.path.dirname(os.path.dirname(lineage.conf_path))
-    # Read again from disk: what is imported is what is there now, checked whole.
-    fresh = read_lineage(root, lineage.name, lineage.conf_path)
-    if fresh.targets != lineage.targets:
+    # What is imported is what was checked: the same archive files, byte for byte (read()
+    # compares each file's digest).
+    if not lineage.unchanged():
         raise ImportFailed(f"lineage {lineage.name} changed while it was being imported")
     if os.path.exists(storage.versions_dir(plan.site)) and os.listdir(
             storage.versions_dir(plan.site)):
@@ -119,7 +118,7 @@ def _take_over(plan: SitePlan, storage: FileStorage, state_dir: str,
                             {"imported_from": f"certbot:{lineage.name}",
                              "domains": list(plan.domains)})
     entry["site_created"] = True
-    _verify_version(version.path, lineage.names)
+    _verify_version(version.path, lineage, key_pem)
     entry["serial"] = version.meta["serial"]
     storage.activate(version)
 
@@ -153,18 +152,21 @@ def _take_over(plan: SitePlan, storage: FileStorage, state_dir: str,
     return url
 
 
-def _verify_version(path: str, names: tuple[str, ...]) -> None:
-    """The stored version, read back: key matches, chain issues the leaf, same names."""
+def _verify_version(path: str, lineage: Lineage, key_pem: bytes) -> None:
+    """The stored version, read back: the key certbot's certificate was checked against
+    (byte for byte), the same certificate, a chain that issues it, the lineage's names."""
+    names = lineage.names
+
     def read(name: str) -> bytes:
         with open(os.path.join(path, name), "rb") as handle:
             return handle.read()
 
+    if read("privkey.pem") != key_pem:
+        raise ImportFailed(f"the stored key in {path} is not certbot's key")
     cert = x509.load_pem_x509_certificate(read("cert.pem"))
+    if cert != x509.load_pem_x509_certificate(lineage.read("cert")):
+        raise ImportFailed(f"the stored certificate in {path} is not certbot's")
     chain = x509.load_pem_x509_certificates(read("chain.pem"))
-    key = serialization.load_pem_private_key(read("privkey.pem"), password=None)
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
-        raise ImportFailed(f"the stored key in {path} does not match its certificate")
     if not chain:
         raise ImportFailed(f"the stored chain in {path} is empty")
     cert.verify_directly_issued_by(chain[0])
@@ -188,7 +190,7 @@ def _import_account(plan: SitePlan, state_dir: str, entry: dict[str, Any]) -> st
         existing = None
     entry["account_dir"] = directory
     if existing is not None:
-        if _same_key(existing, account.key_pem):
+        if existing == account.key_pem or _same_key(existing, account.key_pem):
             return account.uri
         raise ImportFailed(f"mamoru already has another account for {account.server} "
                            f"({directory}); importing certbot's would replace it. Move that "
@@ -304,7 +306,7 @@ def save_manifest(state_dir: str, manifest: dict[str, Any]) -> None:
     ensure_dir(state_dir, 0o700)
     ensure_dir(import_dir(state_dir), 0o700)
     write_file(os.path.join(import_dir(state_dir), MANIFEST),
-               json.dumps(manifest, indent=2, sort_keys=True).encode(), 0o600)
+               json.dumps(manifest, sort_keys=True).encode(), 0o600)
 
 
 def _sha256(data: bytes) -> bytes:

@@ -14,6 +14,7 @@ is there: anything less is a `Refusal`, so later steps never see half a lineage.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -72,10 +73,20 @@ class Lineage:
     renew_before_expiry: str | None
     account: Account
     names: tuple[str, ...]  # SAN DNS names of the certificate in service
+    digests: dict[str, str] = field(default_factory=dict)  # kind -> sha256 of what was checked
 
     def read(self, kind: str) -> bytes:
+        """The file as it was checked; raises Unreadable when it changed since."""
         with open(self.targets[kind], "rb") as handle:
-            return handle.read()
+            data = handle.read()
+        if self.digests and hashlib.sha256(data).hexdigest() != self.digests[kind]:
+            raise Unreadable(f"{self.targets[kind]} changed while it was being imported")
+        return data
+
+    def unchanged(self) -> bool:
+        """True while every live link still resolves to the archive file that was checked."""
+        return all(os.path.realpath(self.live_links[kind]) == self.targets[kind]
+                   for kind in KINDS)
 
 
 @dataclass(frozen=True)
@@ -159,7 +170,7 @@ def read_lineage(root: str, name: str, conf_path: str,
         raise Unreadable(f"live/{name}/ links point at different archive versions "
                          f"({sorted(versions)}): run `certbot update_symlinks` or fix them")
 
-    names = _check_files(targets)
+    names, digests = _check_files(targets)
     server = _one(params.get("server", ""))
     account_id = _one(params.get("account", ""))
     if not server or not account_id:
@@ -172,7 +183,7 @@ def read_lineage(root: str, name: str, conf_path: str,
         live_links=live_links, targets=targets, version=versions.pop(), params=params,
         webroot_map=webroot_map, renewal_info=renewal_info,
         renew_before_expiry=_optional(conf.get("renew_before_expiry")),
-        account=cache[(server, account_id)], names=names)
+        account=cache[(server, account_id)], names=names, digests=digests)
 
 
 def read_account(root: str, server: str, account_id: str) -> Account:
@@ -230,12 +241,16 @@ def jwk_to_pem(jwk: Any) -> bytes:
                              serialization.NoEncryption())
 
 
-def _check_files(targets: dict[str, str]) -> tuple[str, ...]:
+def _check_files(targets: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """Key matches certificate, fullchain is cert + chain, chain issues the cert. Returns the
-    certificate's DNS names."""
+    certificate's DNS names and the sha256 of each file as checked."""
+    digests: dict[str, str] = {}
+
     def read(kind: str) -> bytes:
         with open(targets[kind], "rb") as handle:
-            return handle.read()
+            data = handle.read()
+        digests[kind] = hashlib.sha256(data).hexdigest()
+        return data
 
     try:
         cert = x509.load_pem_x509_certificate(read("cert"))
@@ -262,7 +277,7 @@ def _check_files(targets: dict[str, str]) -> tuple[str, ...]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound as error:
         raise Unreadable(f"{targets['cert']} names no DNS name") from error
-    return tuple(san.get_values_for_type(x509.DNSName))
+    return tuple(san.get_values_for_type(x509.DNSName)), digests
 
 
 def _text(conf: configobj.ConfigObj, key: str, conf_path: str) -> str:
