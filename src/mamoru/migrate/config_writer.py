@@ -35,11 +35,15 @@ def render_config(plans: list[SitePlan], acme: dict[str, Any],
     return "\n".join(out) + "\n"
 
 
-def write_config(path: str, text: str, *, force: bool = False) -> None:
-    """Write `text` to `path` (0600: it may later hold secrets). Refuses to replace a file."""
+def write_config(path: str, text: str, *, force: bool = False, check_only: bool = False
+                 ) -> None:
+    """Write `text` to `path` (0600: it may later hold secrets). Refuses to replace a file
+    unless `force`; with `check_only`, only says (by raising) whether it would refuse."""
     if os.path.lexists(path) and not force:
         raise ConfigError(f"{path} already exists; mamoru does not overwrite a config file "
                           "(give another file, or --force)")
+    if check_only:
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o755, exist_ok=True)
     write_file(path, text.encode("utf-8"), mode=0o600)
