@@ -291,3 +291,50 @@ def test_an_import_of_fifty_lineages(tmp_path: Path, one_lineage: Certbot) -> No
     assert snapshot(config_dir) == before
     print(f"import of 50 lineages: {took:.2f} s; undo: {undo_took:.2f} s")
     assert took < 60
+
+
+def test_the_command_dry_run_changes_nothing_and_a_config_is_never_overwritten(
+        tmp_path: Path, one_lineage: Certbot) -> None:
+    from mamoru.config.load import load_config
+    from mamoru.errors import ConfigError
+    from mamoru.migrate.command import import_certbot, undo_import
+    from tests.helpers import write_config as write_mamoru_config
+
+    pebble = one_lineage.pebble
+    config = write_mamoru_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {})
+    settings = load_config(str(config))
+    config_dir = str(one_lineage.config_dir)
+    before = snapshot(one_lineage.config_dir)
+
+    dry = import_certbot(config_dir, settings=settings, dry_run=True)
+    assert [p.site for p in dry.plans] == ["clinic-example"] and dry.exit_code == 0
+    assert "clinic.example: would become site clinic-example (clinic.example)" in dry.lines()
+    assert "# certbot lineage clinic.example" in dry.config_text
+    assert snapshot(one_lineage.config_dir) == before
+    assert not (tmp_path / "state").exists()
+
+    existing = tmp_path / "mine.yaml"
+    existing.write_text("# the clinic's own\n")
+    with pytest.raises(ConfigError, match="already exists"):
+        import_certbot(config_dir, settings=settings, write_config_to=str(existing))
+    assert existing.read_text() == "# the clinic's own\n"
+    assert snapshot(one_lineage.config_dir) == before
+    assert not (tmp_path / "state" / "sites").exists()
+
+    other = write_mamoru_config(tmp_path, "https://127.0.0.1:1/other", None, {},
+                                name="other.yaml")
+    wrong_ca = import_certbot(config_dir, settings=load_config(str(other)))
+    assert wrong_ca.plans == [] and "one CA per config" in wrong_ca.refused[0].reason
+
+    written = tmp_path / "imported.yaml"
+    report = import_certbot(config_dir, settings=settings, write_config_to=str(written))
+    assert report.exit_code == 0 and [i.site for i in report.imported] == ["clinic-example"]
+    assert oct(written.stat().st_mode & 0o777) == "0o600"
+    run_mamoru("check-config", "-c", str(written), check=0)
+    assert load_config(str(written)).site("clinic-example").domains == ("clinic.example",)
+    again = import_certbot(config_dir, settings=settings)
+    assert again.imported == [] and again.plans == []
+    assert again.refused[0].reason.startswith("already imported")
+
+    assert undo_import(settings) == ["clinic.example"]
+    assert snapshot(one_lineage.config_dir) == before

@@ -152,6 +152,10 @@ def read_lineage(root: str, name: str, conf_path: str,
                              "into archive/)")
         target = os.path.join(os.path.dirname(link), os.readlink(link))
         real = os.path.realpath(target)
+        if not _is_within(real, root) and os.path.islink(target) and _is_within(
+                os.path.realpath(os.path.dirname(target)), root):
+            raise Unreadable(f"already imported: {target} links to {os.readlink(target)} "
+                             "(`mamoru import-certbot --undo` gives it back to certbot)")
         if not _is_within(real, root):
             raise Unreadable(f"{link} points outside the certbot directory ({real}); mamoru "
                              "only imports files certbot owns")
