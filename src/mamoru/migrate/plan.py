@@ -25,8 +25,9 @@ from mamoru.config.defaults import KEY_TYPES
 from mamoru.migrate.certbot_state import CertbotState, Lineage, Refusal, as_list
 from mamoru.netaddr import is_loopback
 
-#: Where mamoru serves http-01 answers for lineages certbot's nginx/apache plugin validated.
-DEFAULT_ACME_WEBROOT = "/var/lib/mamoru/acme-challenge"
+#: Where mamoru serves http-01 answers for lineages certbot's nginx/apache plugin validated:
+#: under /var/www, which the web server's workers can read and mamoru.service may write.
+DEFAULT_ACME_WEBROOT = "/var/www/mamoru-acme"
 
 _RELOAD_VERBS = {"reload", "restart", "reload-or-restart", "try-reload-or-restart",
                  "force-reload"}
