@@ -203,7 +203,9 @@ server {{
     assert "No renewals were attempted" in out.stdout
 
     # undo: certbot's files exactly as before, mamoru's sites gone.
-    assert sorted(undo(storage, paths["state"])) == ["n.example", "s.example", "w1.example"]
+    undone = undo(storage, paths["state"])
+    assert sorted(u.lineage for u in undone) == ["n.example", "s.example", "w1.example"]
+    assert all(u.warning and "--force-renewal" in u.warning for u in undone)  # all renewed
     assert snapshot(certbot.config_dir) == before
     assert not (tmp_path / "live" / "n-example").exists()
     assert not os.listdir(tmp_path / "state" / "sites")
@@ -336,5 +338,6 @@ def test_the_command_dry_run_changes_nothing_and_a_config_is_never_overwritten(
     assert again.imported == [] and again.plans == []
     assert again.refused[0].reason.startswith("already imported")
 
-    assert undo_import(settings) == ["clinic.example"]
+    undone = undo_import(settings)
+    assert [(u.lineage, u.warning) for u in undone] == [("clinic.example", None)]
     assert snapshot(one_lineage.config_dir) == before

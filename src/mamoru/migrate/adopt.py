@@ -95,15 +95,18 @@ def adopt(plan: SitePlan, storage: FileStorage, state_dir: str,
         raise ImportFailed(f"mamoru already has a site {plan.site}; remove it or import with "
                            "another config")
     entry = backup(plan, state_dir)
+    entry["site_dir_created"] = not os.path.isdir(storage.site_dir(plan.site))
     manifest.setdefault("imports", []).append(entry)
     save_manifest(state_dir, manifest)
-    try:
-        url = _take_over(plan, storage, state_dir, entry)
-    except BaseException:
-        restore(entry, storage, state_dir)
-        manifest["imports"].remove(entry)
-        save_manifest(state_dir, manifest)
-        raise
+    # The site lock: a mamoru already running with this site in its config waits for us.
+    with storage.lock(plan.site):
+        try:
+            url = _take_over(plan, storage, state_dir, entry)
+        except BaseException:
+            restore(entry, storage, state_dir)
+            manifest["imports"].remove(entry)
+            save_manifest(state_dir, manifest)
+            raise
     entry["state"] = "imported"
     save_manifest(state_dir, manifest)
     return Imported(lineage.name, plan.site, entry["serial"], url)
@@ -261,7 +264,7 @@ def restore(entry: dict[str, Any], storage: FileStorage, state_dir: str) -> None
         raise StorageError(f"the backup of {conf['path']} in {entry['backup']} is damaged; "
                            "it was not restored")
     write_file(conf["path"], data, conf["mode"])
-    if entry["site_created"]:
+    if entry["site_created"] or entry.get("site_dir_created"):
         storage.deactivate(entry["site"])
         shutil.rmtree(storage.site_dir(entry["site"]), ignore_errors=True)
     if entry["account_created"] and not _account_still_used(entry, state_dir):
@@ -275,17 +278,32 @@ def _account_still_used(entry: dict[str, Any], state_dir: str) -> bool:
                for other in manifest.get("imports", []))
 
 
-def undo(storage: FileStorage, state_dir: str) -> list[str]:
-    """Give every imported lineage back to certbot, newest first. Returns their names."""
+@dataclass(frozen=True)
+class Undone:
+    lineage: str
+    site: str
+    warning: str | None = None  # set when mamoru had renewed the site since the import
+
+
+def undo(storage: FileStorage, state_dir: str) -> list[Undone]:
+    """Give every imported lineage back to certbot, newest first."""
     manifest = load_manifest(state_dir)
     entries = list(manifest.get("imports", []))
-    undone: list[str] = []
+    undone: list[Undone] = []
     # An account made by an earlier import and used by later ones goes with the last of them.
     for entry in reversed(entries):
-        restore(entry, storage, state_dir)
+        with storage.lock(entry["site"]):
+            live = storage.live(entry["site"])
+            warning = None
+            if live is not None and live.number > 1:
+                warning = (f"mamoru renewed {entry['site']} since the import; certbot's files "
+                           f"are back as they were, so live/{entry['lineage']}/ holds certbot's "
+                           "older certificate again: run `certbot renew --cert-name "
+                           f"{entry['lineage']} --force-renewal` and reload the web server")
+            restore(entry, storage, state_dir)
         manifest["imports"].remove(entry)
         save_manifest(state_dir, manifest)
-        undone.append(entry["lineage"])
+        undone.append(Undone(entry["lineage"], entry["site"], warning))
     return undone
 
 

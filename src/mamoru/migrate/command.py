@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mamoru.config import defaults as D
 from mamoru.config.model import Settings
-from mamoru.migrate.adopt import Failed, Imported, adopt_all, undo
+from mamoru.migrate.adopt import Failed, Imported, Undone, adopt_all, undo
 from mamoru.migrate.certbot_state import Refusal, read_state
 from mamoru.migrate.config_writer import render_config, write_config
 from mamoru.migrate.plan import SitePlan, plan_state
@@ -107,8 +107,8 @@ def import_certbot(from_dir: str = DEFAULT_FROM, *, settings: Settings | None = 
     return report
 
 
-def undo_import(settings: Settings | None = None) -> list[str]:
-    """Give every imported lineage back to certbot. Returns the lineage names."""
+def undo_import(settings: Settings | None = None) -> list[Undone]:
+    """Give every imported lineage back to certbot (see Undone.warning)."""
     state_dir, live_dir, key_group = _paths(settings)
     return undo(FileStorage(state_dir, live_dir, key_group), state_dir)
 
