@@ -27,12 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from mamoru.errors import MamoruError
+
 KINDS = ("cert", "privkey", "chain", "fullchain")
 _SHA256 = hashes.SHA256()
 _ARCHIVE_NAME = re.compile(r"(cert|privkey|chain|fullchain)(\d+)\.pem\Z")
 
 
-class Unreadable(Exception):
+class Unreadable(MamoruError):
     """One lineage cannot be taken over; the message says why in words for the user."""
 
 

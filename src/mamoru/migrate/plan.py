@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mamoru.config.defaults import KEY_TYPES
+from mamoru.errors import MamoruError
 from mamoru.migrate.certbot_state import CertbotState, Lineage, Refusal, as_list
 from mamoru.netaddr import is_loopback
 
@@ -34,7 +35,7 @@ _RELOAD_VERBS = {"reload", "restart", "reload-or-restart", "try-reload-or-restar
 _SHELL = re.compile(r"[;&|`$<>(){}*?\\\n]")
 
 
-class Unmappable(Exception):
+class Unmappable(MamoruError):
     """The lineage has no faithful mamoru equivalent; the message says why and what to do."""
 
 
