@@ -213,7 +213,9 @@ server {{
 
 
 @pytest.fixture
-def one_lineage(tmp_path: Path, pebble: Pebble) -> Certbot:
+def one_lineage(tmp_path: Path, pebble_factory: Callable[..., Pebble]) -> Certbot:
+    """One standalone lineage, already due by certbot's rule (20 days left)."""
+    pebble = pebble_factory(validity_seconds=VALIDITY)
     certbot = Certbot(tmp_path / "letsencrypt", pebble)
     certbot.certonly("standalone", ["clinic.example"], "--http-01-port", str(pebble.http_port),
                      "--http-01-address", "127.0.0.1", "--key-type", "ecdsa")
@@ -337,7 +339,12 @@ def test_the_command_dry_run_changes_nothing_and_a_config_is_never_overwritten(
     again = import_certbot(config_dir, settings=settings)
     assert again.imported == [] and again.plans == []
     assert again.refused[0].reason.startswith("already imported")
+    orders = one_lineage.pebble.order_count()
+    one_lineage.renew()  # due, but no longer certbot's
+    assert one_lineage.pebble.order_count() == orders
 
     undone = undo_import(settings)
     assert [(u.lineage, u.warning) for u in undone] == [("clinic.example", None)]
     assert snapshot(one_lineage.config_dir) == before
+    one_lineage.renew()  # certbot's again: it renews the due lineage
+    assert one_lineage.pebble.order_count() == orders + 1
