@@ -91,7 +91,7 @@ def import_certbot(from_dir: str = DEFAULT_FROM, *, settings: Settings | None = 
     state_dir, live_dir, key_group = _paths(settings)
     if report.plans:
         report.config_text = render_config(report.plans, _acme(settings, report.plans),
-                                           _paths_config(settings))
+                                           _paths_config(settings), _based_on(settings))
     if dry_run:
         return report
     if write_config_to:  # refuse before anything changes, not after
@@ -102,7 +102,8 @@ def import_certbot(from_dir: str = DEFAULT_FROM, *, settings: Settings | None = 
         ok = {i.lineage for i in report.imported}
         kept = [p for p in report.plans if p.lineage.name in ok]
         write_config(write_config_to, render_config(kept, _acme(settings, kept),
-                                                    _paths_config(settings)), force=force)
+                                                    _paths_config(settings),
+                                                    _based_on(settings)), force=force)
         report.config_written = write_config_to
     return report
 
@@ -131,6 +132,10 @@ def _acme(settings: Settings | None, plans: list[SitePlan]) -> dict[str, object]
     if contact:
         acme["contact"] = contact
     return acme
+
+
+def _based_on(settings: Settings | None) -> str | None:
+    return settings.config_file if settings is not None and settings.sites else None
 
 
 def _paths_config(settings: Settings | None) -> dict[str, object] | None:

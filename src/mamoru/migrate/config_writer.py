@@ -14,11 +14,16 @@ from mamoru.storage.atomic import write_file
 
 
 def render_config(plans: list[SitePlan], acme: dict[str, Any],
-                  paths: dict[str, Any] | None = None) -> str:
-    """The YAML text: acme, paths (when given), then one site per lineage."""
+                  paths: dict[str, Any] | None = None, based_on: str | None = None) -> str:
+    """The YAML text: acme, paths (when given), then one site per lineage. `based_on` names
+    the config whose acme and paths were copied (its own sites are not)."""
     out = ["# Written by `mamoru import-certbot`: one site per certbot lineage.",
            "# certbot no longer renews these lineages (autorenew = False in their renewal",
-           "# conf); `mamoru import-certbot --undo` gives them back.", ""]
+           "# conf); `mamoru import-certbot --undo` gives them back."]
+    if based_on:
+        out.append(f"# acme and paths are those of {based_on}; its own sites are not copied:")
+        out.append("# merge the sites below into it, or add its sites here.")
+    out.append("")
     out.append(yaml.safe_dump({"acme": acme}, sort_keys=False).rstrip())
     if paths:
         out.append(yaml.safe_dump({"paths": paths}, sort_keys=False).rstrip())
