@@ -348,3 +348,40 @@ def test_the_command_dry_run_changes_nothing_and_a_config_is_never_overwritten(
     assert snapshot(one_lineage.config_dir) == before
     one_lineage.renew()  # certbot's again: it renews the due lineage
     assert one_lineage.pebble.order_count() == orders + 1
+
+
+def test_the_import_certbot_verb(tmp_path: Path, one_lineage: Certbot) -> None:
+    """The contract: `mamoru import-certbot [--from DIR] [--write-config FILE] [--dry-run]
+    [-c CONFIG]` and `mamoru import-certbot --undo`, as whole processes."""
+    from tests.helpers import write_config as write_mamoru_config
+
+    pebble = one_lineage.pebble
+    config = write_mamoru_config(tmp_path, pebble.directory_url, pebble.ca_bundle, {})
+    from_dir = str(one_lineage.config_dir)
+    before = snapshot(one_lineage.config_dir)
+    written = tmp_path / "imported.yaml"
+
+    dry = run_mamoru("import-certbot", "--from", from_dir, "--dry-run", "-c", str(config),
+                     check=0)
+    assert "clinic.example: would become site clinic-example" in dry.stdout
+    assert "# certbot lineage clinic.example" in dry.stdout
+    assert snapshot(one_lineage.config_dir) == before and not written.exists()
+
+    done = run_mamoru("import-certbot", "--from", from_dir, "--write-config", str(written),
+                      "-c", str(config), check=0)
+    assert "clinic.example: imported as site clinic-example" in done.stdout
+    run_mamoru("check-config", "-c", str(written), check=0)
+    again = run_mamoru("import-certbot", "--from", from_dir, "--write-config", str(written),
+                       "-c", str(config), check=2)
+    assert "already exists" in again.stderr
+
+    renewed = run_mamoru("renew", "--json", "--force", "-c", str(written), check=0)
+    assert json.loads(renewed.stdout)["sites"][0]["status"] == "renewed"
+
+    undone = run_mamoru("import-certbot", "--undo", "-c", str(config), check=0)
+    assert "clinic.example: given back to certbot" in undone.stdout
+    assert "--force-renewal" in undone.stderr  # mamoru had renewed it
+    assert snapshot(one_lineage.config_dir) == before
+    missing = run_mamoru("import-certbot", "--from", str(tmp_path / "nope"), "-c", str(config),
+                         check=1)
+    assert "has no renewal/ directory" in missing.stderr

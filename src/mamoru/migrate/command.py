@@ -62,7 +62,7 @@ class Report:
 def _paths(settings: Settings | None) -> tuple[str, str, str | None]:
     if settings is not None:
         return settings.paths.state, settings.paths.live, settings.paths.key_group
-    return str(D.DEFAULTS["paths.state"]), str(D.DEFAULTS["paths.live"]), None
+    return D.PATHS_STATE, D.PATHS_LIVE, None
 
 
 def import_certbot(from_dir: str = DEFAULT_FROM, *, settings: Settings | None = None,
