@@ -13,8 +13,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 need=()
+# bind9/knot: the dns-01 tests' real DNS servers; certbot + its nginx plugin: the
+# import-certbot tests make a real certbot state with them.
 for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace \
-           bind9 bind9-utils bind9-dnsutils knot knot-dnsutils; do
+           bind9 bind9-utils bind9-dnsutils knot knot-dnsutils certbot python3-certbot-nginx; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

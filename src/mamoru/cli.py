@@ -96,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("alert-test", "send a test alert through every configured channel", cmd_alert_test)
 
+    p = verb("import-certbot", "take over certbot's lineages: certificates, account and "
+             "renewals (the /etc/letsencrypt/live/ paths keep working); --undo gives them back",
+             cmd_import_certbot)
+    p.add_argument("--from", dest="from_dir", metavar="DIR", default="/etc/letsencrypt",
+                   help="certbot's config directory (default: /etc/letsencrypt)")
+    p.add_argument("--write-config", metavar="FILE",
+                   help="write the imported sites as a mamoru config file (never over an "
+                   "existing file without --force)")
+    p.add_argument("--force", action="store_true", help="let --write-config replace FILE")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be imported and the config; change nothing")
+    p.add_argument("--undo", action="store_true",
+                   help="restore certbot's files from the backup taken before the import and "
+                   "remove the imported sites")
+
     p = verb("revoke", "revoke a site's current certificate and put a new one in service",
              cmd_revoke)
     p.add_argument("site", metavar="SITE")
@@ -356,6 +371,32 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
     for channel, error in results:
         print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
     return EXIT_OK if all(error is None for _, error in results) else EXIT_FAILED
+
+
+def cmd_import_certbot(args: argparse.Namespace) -> int:
+    import os
+
+    from mamoru.config import find_config_path
+    from mamoru.migrate.command import import_certbot, undo_import
+
+    # The config names the store and the CA; without one (a first install) mamoru's defaults.
+    settings = _load(args) if args.config or os.path.exists(find_config_path(None)) else None
+    if args.undo:
+        undone = undo_import(settings)
+        for item in undone:
+            print(f"{item.lineage}: given back to certbot (site {item.site} removed)")
+            if item.warning:
+                print(f"{item.lineage}: warning: {item.warning}", file=sys.stderr)
+        if not undone:
+            print("nothing to undo: no import by mamoru is recorded")
+        return EXIT_OK
+    report = import_certbot(args.from_dir, settings=settings, write_config_to=args.write_config,
+                            force=args.force, dry_run=args.dry_run)
+    for line in report.lines():
+        print(line)
+    if args.dry_run and report.config_text:
+        print("\nThe config it would write:\n\n" + report.config_text, end="")
+    return report.exit_code
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
