@@ -293,6 +293,47 @@ def test_the_sandbox_is_really_applied(box: Box) -> None:
         assert write(path), f"{path} is not writable inside mamoru.service"
 
 
+def probe_unit(box: Box, name: str, exec_start: str, drop: str = "",
+               kind: str = "simple") -> None:
+    """A copy of mamoru.service's sandbox running `exec_start` instead of mamoru."""
+    lines = []
+    for line in box.machine.read("/lib/systemd/system/mamoru.service").splitlines():
+        key = line.partition("=")[0]
+        if key in ("Type", "NotifyAccess", "ExecStart", "ExecReload", "WatchdogSec", "Restart"):
+            continue
+        if drop and line.startswith(drop):
+            continue
+        lines.append(line.replace("[Service]", f"[Service]\nType={kind}\nExecStart={exec_start}"))
+    box.machine.write(f"/etc/systemd/system/{name}", "\n".join(lines) + "\n")
+    box.sh("systemctl", "daemon-reload")
+
+
+def test_without_readonlypaths_run_the_sandbox_leaves_run_writable(box: Box) -> None:
+    # What the suite found: systemd 252 leaves /run writable under ProtectSystem=strict once
+    # ProtectKernelTunables=/ProtectControlGroups=/ProtectProc= are set; the probe above would
+    # catch a unit that lost ReadOnlyPaths=/run.
+    probe_unit(box, "probe-run.service", "/usr/bin/sleep infinity", drop="ReadOnlyPaths=/run")
+    box.sh("systemctl", "start", "probe-run.service")
+    try:
+        pid = box.machine.show("probe-run.service", "MainPID")
+        result = box.sh("nsenter", "-t", pid, "-m", "python3", "-c",
+                        "open('/run/.mamoru-probe', 'w').close()", check=False)
+        assert result.returncode == 0, "systemd now keeps /run read-only by itself"
+    finally:
+        box.sh("systemctl", "stop", "probe-run.service")
+        box.sh("rm", "-f", "/run/.mamoru-probe")
+
+
+def test_a_plain_nginx_t_fails_inside_the_sandbox_and_through_pid1_works(box: Box) -> None:
+    # Why `mamoru init` writes server.test as systemd-run ... nginx -t for nginx under systemd.
+    probe_unit(box, "probe-nginx-t.service", "/usr/sbin/nginx -t", kind="oneshot")
+    plain = box.sh("systemctl", "start", "probe-nginx-t.service", check=False)
+    assert plain.returncode != 0
+    probe_unit(box, "probe-nginx-t.service", "/usr/bin/systemd-run --quiet --wait --pipe "
+               "--collect --service-type=exec /usr/sbin/nginx -t", kind="oneshot")
+    box.sh("systemctl", "start", "probe-nginx-t.service")
+
+
 def test_systemd_analyze_security_inside(box: Box) -> None:
     out = box.sh("systemd-analyze", "security", "--no-pager", "mamoru.service").stdout
     line = [x for x in out.splitlines() if "Overall exposure level" in x][-1]
