@@ -187,6 +187,10 @@ def test_the_distributions_web_servers_run_as_services(box: Box) -> None:
 
 def init_and_provision(box: Box, server: str, name: str, ip: str, https: int,
                        config: str) -> None:
+    # Both Debian services run: init will not guess which one serves the site.
+    guess = box.sh("mamoru", "init", "-d", name, "-c", config, check=False)
+    assert guess.returncode == 2 and "both run" in guess.stderr, guess.stderr
+    assert not box.machine.path(config).exists()
     out = box.sh("mamoru", "init", "-d", name, "--contact", "it@clinic.test", "--server", server,
                  "--directory", box.pebble.directory_url, "--ca-bundle",
                  "/etc/mamoru/pebble-ca.pem", "--https-listen", f"{ip}:{https}", "-c", config)

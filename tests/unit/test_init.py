@@ -118,3 +118,22 @@ def test_cli_without_names_and_no_terminal_says_how(tmp_path: Path,
 def test_site_names() -> None:
     assert site_name("www.Clinic.example") == "clinic-example"
     assert site_name("xn--bcher-kva.example") == "xn--bcher-kva-example"
+
+
+def test_cli_asks_for_the_names_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import mamoru.setup.init as init
+
+    debian_nginx(tmp_path)
+    real_detect = init.detect
+    monkeypatch.setattr(init, "detect", lambda server=None: real_detect(
+        server, root=tmp_path, run=nothing_runs))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["clinic.example www.clinic.example", "it@clinic.example"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    config = tmp_path / "config.yaml"
+    assert main(["init", "-c", str(config)]) == 0
+    (site,) = load_config(str(config)).sites
+    assert site.domains == ("clinic.example", "www.clinic.example")
+    assert "it@clinic.example" in config.read_text()
+    assert "written for nginx" in capsys.readouterr().out

@@ -264,8 +264,9 @@ def write_config(path: str, text: str) -> None:
         handle.write(text)
 
 
-def ask(prompt: str, read: Callable[[str], str] = input) -> str:
+def ask(prompt: str, read: Callable[[str], str] | None = None) -> str:
+    """One answer from the terminal (`input`, looked up when called); empty at end of input."""
     try:
-        return read(prompt).strip()
+        return (read or input)(prompt).strip()
     except EOFError:
         return ""
