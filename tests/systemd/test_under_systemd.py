@@ -61,6 +61,8 @@ def package() -> Path:
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, f"build-deb.sh failed:\n{out.stderr[-4000:]}"
     built = REPO / out.stdout.strip().splitlines()[-1]
+    for stale in CACHE.glob("deb-*"):  # packages of sources that are gone
+        shutil.rmtree(stale, ignore_errors=True)
     cached.mkdir(parents=True, exist_ok=True)
     shutil.copy2(built, cached / built.name)
     return cached / built.name
