@@ -14,9 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 need=()
 # bind9/knot: the dns-01 tests' real DNS servers; certbot + its nginx plugin: the
-# import-certbot tests make a real certbot state with them.
+# import-certbot tests make a real certbot state with them; systemd-container + debootstrap:
+# the systemd suite (tests/systemd/) boots Debian 12 under a real systemd (scripts/build-deb.sh
+# needs only dpkg-deb, part of dpkg).
 for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace \
-           bind9 bind9-utils bind9-dnsutils knot knot-dnsutils certbot python3-certbot-nginx; do
+           bind9 bind9-utils bind9-dnsutils knot knot-dnsutils certbot python3-certbot-nginx \
+           systemd-container debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,4 +38,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+# The systemd suite's Debian 12 root file system: built once (about a minute), then cached in
+# /var/cache/mamoru-test (the suite builds it too when it is missing).
+bash scripts/systemd-rootfs.sh >/dev/null
 echo "setup: ok ($(.venv/bin/python --version), mamoru $(.venv/bin/python -c 'import mamoru; print(mamoru.__version__)'))"

@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sites", nargs="*", metavar="SITE",
                    help="sites to check (default: every site with dns-01 names)")
 
+    p = verb("init", "write a first config by looking at this machine (never replaces one)",
+             cmd_init)
+    p.add_argument("-d", "--domain", dest="domains", action="append", default=[],
+                   metavar="NAME", help="a name on the certificate (repeat; asked if omitted "
+                   "and a terminal is attached)")
+    p.add_argument("--contact", metavar="EMAIL", help="address the CA may write to")
+    p.add_argument("--server", choices=("nginx", "apache"),
+                   help="the web server (default: the one that runs here)")
+    p.add_argument("--directory", metavar="URL", default="letsencrypt",
+                   help="the CA: letsencrypt (default), letsencrypt-staging, or a URL")
+    p.add_argument("--ca-bundle", metavar="PEM", help="trust this bundle for the CA's TLS")
+    p.add_argument("--https-listen", metavar="[ADDR:]PORT", default="443",
+                   help="the site's HTTPS address (default 443)")
+    p.add_argument("--http-listen", metavar="[ADDR:]PORT",
+                   help="the site's plain-HTTP address (default: the default site's, else 80)")
+
     p = verb("check", "look at live sites the way a patient's browser does", cmd_check)
     p.add_argument("targets", nargs="*", metavar="URL|SITE",
                    help="URLs or host names, or configured site names (default: every site)")
@@ -246,6 +262,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     return run(build_app(settings, serve_metrics=True))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from mamoru.config import find_config_path
+    from mamoru.errors import UsageError
+    from mamoru.setup.init import Answers, ask, detect, refuse_existing, render, write_config
+
+    path = find_config_path(args.config)
+    refuse_existing(path)
+    domains, contact = list(args.domains), args.contact
+    if not domains and sys.stdin.isatty():
+        domains = ask("Names on the certificate (space-separated): ").split()
+        contact = contact or ask("Contact e-mail for the CA (empty: none): ") or None
+    if not domains:
+        raise UsageError("init needs the site's names: mamoru init -d clinic.example "
+                         "[-d www.clinic.example] [--contact EMAIL]")
+    machine = detect(args.server)
+    answers = Answers(domains=domains, contact=contact, directory=args.directory,
+                      ca_bundle=args.ca_bundle, https_listen=args.https_listen,
+                      http_listen=args.http_listen)
+    write_config(path, render(answers, machine))
+    for note in machine.notes:
+        print(f"mamoru: note: {note}", file=sys.stderr)
+    print(f"{path}: written for {machine.server} ({', '.join(domains)}); next: "
+          f"mamoru check-config && mamoru provision")
+    return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

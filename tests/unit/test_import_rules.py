@@ -39,6 +39,10 @@ FORBIDDEN: dict[str, set[str]] = {
     "service": {"cli"},
     "migrate": {"install", "renewal", "service", "observe", "check", "issuance", "pipeline",
                 "app", "cli"},
+    # mamoru init runs before anything is configured: it reads the machine, then the config
+    # loader checks what it wrote (src/mamoru/setup/__init__.py).
+    "setup": {"protocol", "challenges", "storage", "renewal", "install", "check", "observe",
+              "service", "issuance", "pipeline", "app", "cli"},
 }
 # What a "*" part may still import.
 ALLOW_ALWAYS: set[str] = set()
