@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect here for the plain-HTTP checks (default: HOST:80 of --connect)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--timeout", type=float, default=None, help="seconds per connection")
+    p.add_argument("--browser", action="store_true",
+                   help="also open each name in a real headless Chromium (apt-get install "
+                        "chromium libnss3-tools) and report what it shows")
 
     p = verb("status", "one row per site from local state (exit 1 if any site is in danger)",
              cmd_status)
@@ -353,6 +356,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     site_names = [t for t in args.targets if "." not in t and "/" not in t]
     urls = [t for t in args.targets if t not in site_names]
     reports = []
+    settings = None
     if site_names or not args.targets:
         from mamoru.check.site import check_site
         from mamoru.storage import FileStorage
@@ -371,6 +375,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                                      timeout=args.timeout or CHECK_TIMEOUT))
         except ValueError as error:
             raise UsageError(str(error)) from None
+    if args.browser:
+        # Imported only here: the plain check never loads the browser driver.
+        from mamoru.check.browser import add_browser_findings, find_chromium
+
+        find_chromium()  # no Chromium: say how to install it (exit 2) before any output
+        add_browser_findings(reports, ca_bundle=args.ca_bundle or (
+            settings.check.ca_bundle if settings else None), connect=connect,
+            http_connect=http_connect, timeout=max((args.timeout or 5.0) * 3, 15.0))
     if args.json:
         print(json.dumps(to_json(reports), indent=2, ensure_ascii=False))
     else:
@@ -393,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(error), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
-        print(f"mamoru: {error}", file=sys.stderr)
+        print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)
         return EXIT_USAGE
     except MamoruError as error:
         print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)

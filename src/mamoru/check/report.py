@@ -30,6 +30,10 @@ What is checked, by id (and the module that decides it):
     The HTTPS response carries ``Strict-Transport-Security`` with a useful max-age.
 ``mixed-content`` (mixed_content)
     The HTML page does not load scripts, styles, frames, images... over ``http://``.
+``browser`` (browser; only with ``--browser`` or ``check.browser``)
+    What a real headless Chromium showed after typing ``http://host/``: the lock, a full-page
+    certificate error and its name, blocked/broken mixed content (what scripts insert after
+    load too), a warning at Send for an ``http://`` form; whether HSTS was stored.
 
 Checks that cannot run (because the site is unreachable, say) are left out of the report; the
 finding that stopped them explains why.
@@ -58,6 +62,7 @@ CHECK_IDS: tuple[str, ...] = (
     "http.acme-challenge",
     "hsts",
     "mixed-content",
+    "browser",
 )
 """Every check id a report can hold, in report order."""
 

@@ -79,6 +79,8 @@ ALERT_TIMEOUT: Final = 10
 # --- check: ---------------------------------------------------------------------------------------
 CHECK_AFTER_INSTALL: Final = True
 CHECK_TIMEOUT: Final = 5.0  # seconds per connection
+# The check after install also loads each name in a real headless Chromium (check/browser.py).
+CHECK_BROWSER: Final = False
 
 # --- what a loaded config carries besides the keys ------------------------------------------------
 WARNINGS: Final[tuple[str, ...]] = ()  # a config read without remarks has none

@@ -164,6 +164,7 @@ class CheckSettings:
     after_install: bool = D.CHECK_AFTER_INSTALL
     ca_bundle: str | None = None  # trust for the check; default: the system store
     timeout: float = D.CHECK_TIMEOUT
+    browser: bool = D.CHECK_BROWSER  # also load each name in a real headless Chromium
 
 
 @dataclass(frozen=True)

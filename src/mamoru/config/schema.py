@@ -260,6 +260,7 @@ def _check(m: Fields) -> CheckSettings:
         after_install=m.flag("after_install", D.CHECK_AFTER_INSTALL),
         ca_bundle=m.path_value("ca_bundle", None),
         timeout=m.number("timeout", D.CHECK_TIMEOUT, minimum=0.5, maximum=120),
+        browser=m.flag("browser", D.CHECK_BROWSER),
     )
     m.finish()
     return out
