@@ -110,15 +110,26 @@ def names_finding(host: str, leaf: x509.Certificate) -> Finding:
     details: dict[str, object] = {"host": host, "names": names}
     if hostname_matches(host, leaf):
         return Finding("cert.names", "ok", f"The certificate is valid for {host}.", details=details)
+    error_page = ("patients' browsers show a full-page error instead of the site (\"Your "
+                  "connection is not private\", ERR_CERT_COMMON_NAME_INVALID)")
     if not names:
-        listed = f"has no subjectAltName (only the old common name {subject_cn(leaf.subject)!r})"
-    else:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        listed = f"is for {shown}"
+        common = subject_cn(leaf.subject)
+        return Finding(
+            "cert.names",
+            "problem",
+            f"The certificate has no list of names (subjectAltName), only the old common name "
+            f"{common!r}, which browsers ignore: {error_page}, even though the name looks "
+            "right.",
+            f"Serve a certificate that lists {host} as a subjectAltName (every certificate "
+            "mamoru obtains does; old self-made or vendor certificates often do not) and "
+            "reload the web server.",
+            details,
+        )
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return Finding(
         "cert.names",
         "problem",
-        f"The certificate {listed}, not {host}: browsers show a warning.",
+        f"The certificate is for {shown}, not {host}: {error_page}.",
         f"Make sure the web server uses the certificate that includes {host} for this site "
         f"(nginx server_name / Apache ServerName), or add {host} to the site's names in "
         "mamoru's configuration so the next certificate covers it.",

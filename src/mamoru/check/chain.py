@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from mamoru.check.certificate import date_of, subject_cn
 from mamoru.check.report import Finding
@@ -89,7 +90,8 @@ def chain_problem_finding(
         return Finding(
             "cert.chain",
             "problem",
-            f"{who} expired{when}, so browsers refuse the site.{extra}",
+            f"{who} expired{when}: patients' browsers show a full-page error instead of the "
+            f"site (\"Your connection is not private\", ERR_CERT_DATE_INVALID).{extra}",
             fix,
             details,
         )
@@ -98,20 +100,28 @@ def chain_problem_finding(
         return Finding(
             "cert.chain",
             "problem",
-            "The certificate is self-signed: browsers warn every patient that the site is "
-            "not safe.",
+            "The certificate is self-signed: patients' browsers show a full-page error instead "
+            "of the site (\"Your connection is not private\", ERR_CERT_AUTHORITY_INVALID).",
             "Serve a certificate from a public authority (the one mamoru obtains) instead of "
             "the self-signed placeholder, and reload the web server.",
             details,
         )
     if code in (2, 20, 21) and len(chain) == 1:
         details["reason"] = "incomplete-chain"
+        aia = ca_issuers_url(leaf) if leaf is not None else None
+        details["aia_ca_issuers"] = aia
+        if aia:
+            seen = (f"Chrome, Edge and other Chromium browsers fetch it from {aia} (named in "
+                    "the certificate) and show the site normally, but programs that do not "
+                    "fetch it (apps, scripts, mamoru's own check) refuse the connection.")
+        else:
+            seen = ("Patients' browsers show a full-page error instead of the site (\"Your "
+                    "connection is not private\", ERR_CERT_AUTHORITY_INVALID).")
         return Finding(
             "cert.chain",
             "problem",
             f"The server sends only its own certificate, without the intermediate certificate "
-            f"of {issuer!r} that links it to a trusted authority. Some browsers and phones "
-            "will refuse the site.",
+            f"of {issuer!r} that links it to a trusted authority. {seen}",
             "Point the web server at the full chain file (fullchain.pem), not the bare "
             "certificate (cert.pem), and reload it.",
             details,
@@ -122,7 +132,9 @@ def chain_problem_finding(
         return Finding(
             "cert.chain",
             "problem",
-            f"The certificate was issued by {root!r}, which is not among {store}.",
+            f"The certificate was issued by {root!r}, which is not among {store}: patients' "
+            f"browsers show a full-page error instead of the site (\"Your connection is not "
+            f"private\", ERR_CERT_AUTHORITY_INVALID).",
             "Use a certificate from a publicly trusted authority (or, for an internal "
             "authority, install its root certificate on every device and pass --ca-bundle).",
             details,
@@ -135,3 +147,17 @@ def chain_problem_finding(
         "Replace the certificate with one freshly issued by mamoru and reload the web server.",
         details,
     )
+
+
+def ca_issuers_url(cert: x509.Certificate) -> str | None:
+    """The certificate's AIA caIssuers URL (where its issuer's certificate can be fetched),
+    or None."""
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    for access in aia:
+        if access.access_method == AuthorityInformationAccessOID.CA_ISSUERS and isinstance(
+                access.access_location, x509.UniformResourceIdentifier):
+            return str(access.access_location.value)
+    return None

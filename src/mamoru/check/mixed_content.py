@@ -255,7 +255,8 @@ def mixed_content_finding(
         return Finding(
             "mixed-content",
             "ok",
-            f"The page loads nothing over insecure http://{note}.",
+            f"The page loads nothing over insecure http://{note} (what its scripts add after "
+            "loading is seen only by mamoru check --browser).",
             details=details,
         )
     examples = ", ".join(r.url for r in (active or passive)[:3])
@@ -274,26 +275,38 @@ def mixed_content_finding(
             fix,
             details,
         )
-    if active:
-        kinds = sorted({_KIND_WORDS.get(r.tag, r.tag) for r in active})
-        return Finding(
-            "mixed-content",
-            "problem",
-            f"The page loads {' and '.join(kinds)} over insecure http:// (e.g. {examples}); "
-            f"browsers block these, so parts of the page break or forms send data "
-            f"unencrypted{note}.",
-            fix,
-            details,
-        )
+    # Active content but forms is blocked; a form is sent after a warning, so the words
+    # differ; both are problems (a blocked script breaks the page, a form leaks what is sent).
+    forms = [r for r in active if r.tag in _FORM_TAGS]
+    loads = [r for r in active if r.tag not in _FORM_TAGS]
+    said: list[str] = []
+    if loads:
+        kinds = sorted({_KIND_WORDS.get(r.tag, r.tag) for r in loads})
+        shown = ", ".join(r.url for r in loads[:3])
+        said.append(f"The page loads {' and '.join(kinds)} over insecure http:// (e.g. "
+                    f"{shown}); browsers block them, so that part of the page does not work")
+    if forms:
+        shown = ", ".join(r.url for r in forms[:3])
+        said.append(f"{'A' if not loads else 'a'} form sends to insecure http:// ({shown}); "
+                    "browsers keep the lock but warn at Send (\"The information you're about "
+                    "to submit is not secure\", with \"Send anyway\"), and what is sent "
+                    "travels unencrypted")
+    if passive:
+        shown = ", ".join(r.url for r in passive[:3])
+        said.append(f"{'The page' if not said else 'it'} shows "
+                    f"{plural(len(passive), 'image or media file')} from http:// (e.g. "
+                    f"{shown}); browsers keep the lock and fetch them over https:// instead, "
+                    "and where that server has no https the image is broken")
     return Finding(
         "mixed-content",
-        "warning",
-        f"The page shows {plural(len(passive), 'image or media file')} over insecure http:// "
-        f"(e.g. {examples}); browsers mark the page as not fully secure{note}.",
+        "problem" if active else "warning",
+        "; ".join(said) + f"{note}.",
         fix,
         details,
     )
 
+
+_FORM_TAGS = frozenset({"form", "button", "input"})
 
 _KIND_WORDS = {
     "script": "scripts",

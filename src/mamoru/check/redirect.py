@@ -83,7 +83,8 @@ def check_http_redirect(target: Target, address: tuple[str, int], timeout: float
             "http.redirect",
             "problem",
             f"{url} shows the site over plain, unencrypted HTTP instead of sending visitors "
-            "to https://.",
+            "to https://: patients who type the address see \"Not secure\" in the address "
+            "bar, and what they enter is sent unencrypted.",
             "Make the port-80 site redirect everything permanently: nginx: return 301 "
             "https://$host$request_uri; Apache: Redirect permanent / https://<site>/",
             {"hops": hops, "expected": expected},
@@ -149,7 +150,9 @@ def _judge_redirect(
         notes.append(f"it goes to {got_path} instead of the same page {target.path}")
     if not permanent:
         notes.append(
-            "it is temporary (302/303/307), so browsers and search engines keep using http://"
+            "it is temporary (302/303/307): patients' browsers still follow it to https:// "
+            "(and once they have stored the site's HSTS they go there directly), but search "
+            "engines keep listing the http:// address"
         )
     if not notes:
         return Finding(
