@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what mamoru's tests and demo need on a fresh Debian 12 machine (run as root):
 # Debian's pebble (a test ACME CA), nginx, Apache, systemd-analyze and strace (the reliability
-# suite traces how key files are created), then a venv in .venv with mamoru and its test
-# extras. Safe to run again.
+# suite traces how key files are created), chromium and libnss3-tools' certutil (the
+# real-browser suite, tests/browser, and `mamoru check --browser`), then a venv in .venv with
+# mamoru and its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 need=()
-for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace; do
+for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace \
+           chromium libnss3-tools; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -51,7 +51,8 @@ FORM_PAGE = ("<!doctype html><title>Booking</title><h1>Book</h1>"
 HSTS = 'add_header Strict-Transport-Security "max-age=31536000" always;'
 
 NAMES = ("good.example", "wrongname.example", "nosan.example", "nochain.example",
-         "aia.example", "expired.example", "selfsigned.example", "mixed.example",
+         "aia.example", "expired.example", "selfsigned.example", "unknownca.example",
+         "mixed.example",
          "upgraded.example", "inserted.example", "form.example", "found.example",
          "noredirect.example")
 
@@ -102,6 +103,7 @@ class World:
 def start_world(tmp: Path) -> Iterator[World]:
     root = make_ca("Mamoru Browser Test Root")
     intermediate = make_ca("Mamoru Browser Test Intermediate", root)
+    stranger = make_ca("Somebody Else's Intermediate", make_ca("Somebody Else's Root"))
     (tmp / "root.pem").write_bytes(root.pem)
     www = tmp / "www"
     www.mkdir()
@@ -116,16 +118,17 @@ def start_world(tmp: Path) -> Iterator[World]:
     certs = tmp / "certs"
     certs.mkdir()
 
-    def write(name: str, issued: Issued, *, chain: bool = True) -> tuple[Path, Path]:
+    def write(name: str, issued: Issued, chain: Issued | None) -> tuple[Path, Path]:
         cert, key = certs / f"{name}.pem", certs / f"{name}.key"
-        cert.write_bytes(issued.pem + (intermediate.pem if chain else b""))
+        cert.write_bytes(issued.pem + (chain.pem if chain else b""))
         key.write_bytes(issued.key_pem)
         key.chmod(0o600)
         return cert, key
 
     def tls(name: str, issued: Issued, *, chain: bool = True, hsts: bool = True,
-            index: str = "index.html", default: bool = False) -> str:
-        cert, key = write(name, issued, chain=chain)
+            index: str = "index.html", default: bool = False,
+            chain_of: Issued | None = None) -> str:
+        cert, key = write(name, issued, (chain_of or intermediate) if chain else None)
         return f"""
 server {{
     listen 127.0.0.1:{https} ssl{" default_server" if default else ""};
@@ -160,6 +163,7 @@ server {{
         tls("expired.example", leaf("expired.example", intermediate,
                                     not_before=NOW - 100 * DAY, not_after=NOW - 10 * DAY)),
         tls("selfsigned.example", leaf("selfsigned.example", None), chain=False),
+        tls("unknownca.example", leaf("unknownca.example", stranger), chain_of=stranger),
         tls("mixed.example", leaf("mixed.example", intermediate), index="mixed.html"),
         tls("upgraded.example", leaf("upgraded.example", intermediate), index="upgraded.html"),
         tls("images.example", leaf("images.example", intermediate)),

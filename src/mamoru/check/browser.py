@@ -380,7 +380,8 @@ class _Load:
             self.loaded = True
 
 
-def _page(browser: Chromium) -> str:
+def new_tab(browser: Chromium) -> str:
+    """A new tab with the domains a check listens to enabled; returns its session id."""
     target = browser.call("Target.createTarget", url="about:blank")["targetId"]
     session = str(browser.call("Target.attachToTarget", targetId=target,
                                flatten=True)["sessionId"])
@@ -390,7 +391,9 @@ def _page(browser: Chromium) -> str:
     return session
 
 
-def _navigate(browser: Chromium, session: str, url: str, *, settle: float) -> _Load:
+def navigate(browser: Chromium, session: str, url: str, *, settle: float) -> _Load:
+    """Load `url` in the tab and collect its events until `settle` seconds after the load
+    event (or after a failed navigation)."""
     load = _Load()
     answer = browser.call("Page.navigate", session, url=url)
     load.frame = str(answer.get("frameId", ""))
@@ -410,7 +413,8 @@ def _navigate(browser: Chromium, session: str, url: str, *, settle: float) -> _L
     return load
 
 
-def _eval(browser: Chromium, session: str, expression: str) -> str:
+def evaluate(browser: Chromium, session: str, expression: str) -> str:
+    """The value of a JavaScript expression in the tab, as text ("" on failure)."""
     with contextlib.suppress(BrowserError):
         answer = browser.call("Runtime.evaluate", session, expression=expression,
                               returnByValue=True)
@@ -423,12 +427,12 @@ def load_site(browser: Chromium, host: str, *, path: str = "/", settle: float = 
     """Type `http://host/path` into a new tab, as a patient would, and say what happened."""
     started = time.monotonic()
     view = BrowserView(start_url=f"http://{host}{path}", version=browser.version)
-    session = _page(browser)
-    load = _navigate(browser, session, view.start_url, settle=settle)
-    shown = _eval(browser, session, "location.href")
+    session = new_tab(browser)
+    load = navigate(browser, session, view.start_url, settle=settle)
+    shown = evaluate(browser, session, "location.href")
     # An error page lives at chrome-error://; the address bar still shows the URL that failed.
     view.final_url = load.final_url if shown.startswith("chrome-error:") or not shown else shown
-    view.title = _eval(browser, session, "document.title")
+    view.title = evaluate(browser, session, "document.title")
     error = load.main_error.removeprefix("net::")
     if error.startswith("ERR_CERT_") or error in {"ERR_SSL_PROTOCOL_ERROR",
                                                   "ERR_BAD_SSL_CLIENT_AUTH_CERT"}:
@@ -448,7 +452,7 @@ def load_site(browser: Chromium, host: str, *, path: str = "/", settle: float = 
         shot = browser.call("Page.captureScreenshot", session, format="png")
         view.screenshot = base64.b64decode(shot["data"])
     if not view.cert_error and not view.load_error and view.final_url.startswith("https://"):
-        again = _navigate(browser, session, view.start_url, settle=0.2)
+        again = navigate(browser, session, view.start_url, settle=0.2)
         view.hsts_stored = again.hsts_redirect
     with contextlib.suppress(BrowserError):
         browser.call("Target.closeTarget", targetId=session and _target_of(browser, session))
