@@ -236,3 +236,40 @@ def test_timings(world: World) -> None:
         print(f"check --browser {name}: {seconds:.1f} s")
         assert seconds < 30, (name, seconds)
     print(f"mean {sum(TIMINGS.values()) / len(TIMINGS):.1f} s per name")
+
+
+def test_check_after_install_with_check_browser(world: World, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check.browser: true`: the check after an install (check_site, as the pipeline calls
+    it) adds the browser finding per name; without Chromium it is a warning saying how to
+    install it, never a failed run."""
+    from mamoru.check.site import check_site
+    from mamoru.config.load import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+acme: {{directory: "https://ca.invalid/dir", contact: admin@clinic.example}}
+paths: {{state: {tmp_path}/state, live: {tmp_path}/live, event_log: {tmp_path}/events.jsonl}}
+check: {{browser: true, ca_bundle: {world.root}}}
+sites:
+  clinic: {{domains: [good.example, inserted.example], challenge: {{webroot: {tmp_path}}}}}
+""")
+    config.chmod(0o600)
+    settings = load_config(str(config))
+    assert settings.check.browser is True
+    site = settings.sites[0]
+    args = {"ca_bundle": settings.check.ca_bundle, "timeout": 3.0,
+            "connect": ("127.0.0.1", world.https), "http_connect": ("127.0.0.1", world.http),
+            "browser": settings.check.browser}
+    reports = check_site(site, None, **args)  # type: ignore[arg-type]
+    seen = {r.host: r.get("browser") for r in reports}
+    assert seen["good.example"] is not None and seen["good.example"].status == "ok"
+    assert seen["inserted.example"] is not None
+    assert seen["inserted.example"].status == "problem"
+    assert "http://cdn.example/track.js" in seen["inserted.example"].message
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    reports = check_site(site, None, **args)  # type: ignore[arg-type]
+    missing = reports[0].get("browser")
+    assert missing is not None and missing.status == "warning", missing
+    assert "needs Chromium" in missing.message and "apt-get install" in missing.fix

@@ -269,18 +269,16 @@ class Chromium:
         return result
 
     def close(self) -> None:
+        """Ask Chromium to quit (killed after 5 s), reap it, remove the profile."""
         with contextlib.suppress(Exception):
             self.call("Browser.close")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.05)
-        else:
+        reaper = threading.Thread(target=os.waitpid, args=(self.pid, 0), daemon=True)
+        reaper.start()
+        reaper.join(5)
+        if reaper.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, 9)
-            os.waitpid(self.pid, 0)
+            reaper.join()
         for fd in (self._to_child, self._from_child):
             with contextlib.suppress(OSError):
                 os.close(fd)
