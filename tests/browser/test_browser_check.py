@@ -110,7 +110,7 @@ CASES: dict[str, Case] = {
     "form.example": Case(
         ("mixed-content", "problem", ("form sends to insecure http://", "keep the lock",
                                       "warn at Send", "Send anyway")),
-        ("warning", ("warns at Send",)),
+        ("problem", ("warns at Send", "Send anyway")),
         mixed=(("http://form.example/book", "warned", False),)),
     "found.example": Case(
         ("http.redirect", "warning", ("temporary", "still follow it to https://",

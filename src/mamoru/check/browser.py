@@ -510,10 +510,12 @@ def browser_finding(view: BrowserView) -> Finding:
                      f"does not load: patients see a broken image")
     if warned:
         parts.append(f"warns at Send on {', '.join(m.url for m in warned[:3])}: \"The "
-                     f"information you're about to submit is not secure\"")
+                     f"information you're about to submit is not secure\" (with \"Send "
+                     f"anyway\", after which it travels unencrypted)")
     state = view.security_state or "unknown"
     if parts:
-        return Finding("browser", "problem" if blocked or broken else "warning",
+        # A form is a problem like in the plain check: after "Send anyway" it goes unencrypted.
+        return Finding("browser", "problem",
                        f"{who} opens {view.final_url} (security state {state}) but "
                        + "; ".join(parts) + ".",
                        "Load every script, image and form target over https:// (or from the "
