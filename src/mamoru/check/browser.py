@@ -212,6 +212,7 @@ class Chromium:
         self._replies: dict[int, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.tabs: dict[str, str] = {}  # session id -> target id
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.version = str(self.call("Browser.getVersion").get("product", ""))
@@ -328,6 +329,11 @@ class _Load:
         self.frame = ""  # the tab's main frame: its Document requests are the page
 
     def feed(self, event: dict[str, Any]) -> None:
+        """Take one DevTools event; an event of an unexpected shape is ignored."""
+        with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+            self._feed(event)
+
+    def _feed(self, event: dict[str, Any]) -> None:
         method = event.get("method", "")
         params: dict[str, Any] = event.get("params", {})
         if method == "Security.visibleSecurityStateChanged":
@@ -383,6 +389,7 @@ def new_tab(browser: Chromium) -> str:
     target = browser.call("Target.createTarget", url="about:blank")["targetId"]
     session = str(browser.call("Target.attachToTarget", targetId=target,
                                flatten=True)["sessionId"])
+    browser.tabs[session] = str(target)
     for domain in ("Page", "Network", "Security", "Log", "Audits", "Runtime"):
         browser.call(f"{domain}.enable", session)
     browser.call("Network.setCacheDisabled", session, cacheDisabled=True)
@@ -453,16 +460,9 @@ def load_site(browser: Chromium, host: str, *, path: str = "/", settle: float = 
         again = navigate(browser, session, view.start_url, settle=0.2)
         view.hsts_stored = again.hsts_redirect
     with contextlib.suppress(BrowserError):
-        browser.call("Target.closeTarget", targetId=session and _target_of(browser, session))
+        browser.call("Target.closeTarget", targetId=browser.tabs.pop(session))
     view.seconds = time.monotonic() - started
     return view
-
-
-def _target_of(browser: Chromium, session: str) -> str:
-    for info in browser.call("Target.getTargets").get("targetInfos", []):
-        if info.get("type") == "page" and info.get("attached"):
-            return str(info["targetId"])
-    return ""
 
 
 def browse(host: str, *, ca_bundle: str | None, connect: tuple[str, int] | None,
