@@ -32,4 +32,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+# The editable tree reads its catalogs from src/: compile them there too (a wheel or
+# `pip install .` compiles them into the package, setup.py).
+.venv/bin/pybabel compile -D mamoru -d src/mamoru/locale
 echo "setup: ok ($(.venv/bin/python --version), mamoru $(.venv/bin/python -c 'import mamoru; print(mamoru.__version__)'))"

@@ -27,6 +27,20 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
                         help="config file (default: $MAMORU_CONFIG or /etc/mamoru/config.yaml)")
     parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
                         help="more detail (-vv: debug)")
+    parser.add_argument("--lang", metavar="LANG", default=default,
+                        help="language for people (ja, en; default: from LANGUAGE, LC_ALL, "
+                             "LC_MESSAGES, LANG)")
+
+
+def _lang_of(argv: Sequence[str]) -> str | None:
+    """--lang's value, read before the parser is built (its help is translated too)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--lang" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--lang="):
+            found = arg.partition("=")[2]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,6 +405,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from mamoru import i18n
+
+    i18n.setup(_lang_of(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -90,14 +90,14 @@ CASES: dict[str, Case] = {
         cert_error="ERR_CERT_AUTHORITY_INVALID", state="insecure-broken", hsts=False),
     "mixed.example": Case(
         ("mixed-content", "problem", ("scripts over insecure http://", "browsers block them",
-                                      "keep the lock and fetch them over https:// instead",
+                                      "keep the lock and fetch it over https:// instead",
                                       "the image is broken")),
         ("problem", ("blocks 1 insecure script (http://cdn.example/app.js)",
                      "upgrades http://cdn.example/logo.png", "broken image")),
         mixed=(("http://cdn.example/app.js", "blocked", False),
                ("http://cdn.example/logo.png", "upgraded", True))),
     "upgraded.example": Case(
-        ("mixed-content", "warning", ("keep the lock and fetch them over https:// instead",)),
+        ("mixed-content", "warning", ("keep the lock and fetch it over https:// instead",)),
         ("ok", ("with the lock",)),
         mixed=(("http://images.example/logo.png", "upgraded", False),)),
     # The plain check cannot see what a script adds after load, and says who can.
