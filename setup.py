@@ -37,7 +37,7 @@ class BuildWithCatalogs(build_py):
         editable = getattr(self, "editable_mode", False)
         compile_catalogs(SRC if editable else Path(self.build_lib))
 
-    def get_outputs(self, include_bytecode: bool = True) -> list[str]:  # noqa: FBT001
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs: list[str] = list(super().get_outputs(include_bytecode))
         if not getattr(self, "editable_mode", False):
             outputs += [str(Path(self.build_lib) / po.relative_to(SRC).with_suffix(".mo"))

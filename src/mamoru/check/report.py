@@ -125,8 +125,10 @@ def plural(n: int, word: str) -> str:
 _MARKS: dict[str, str] = {"ok": "✓", "warning": "!", "problem": "✗"}
 
 
-_NO_LINE_START = frozenset("\u3002\u3001\uff0c\uff0e\uff09\u300d\u300f")  # ideographic full stop and comma, fullwidth comma, full stop, closing brackets
-_NO_LINE_END = frozenset("\uff08\u300c\u300e")  # fullwidth opening parenthesis and corner brackets
+# Ideographic full stop and comma, fullwidth comma and full stop, closing brackets.
+_NO_LINE_START = frozenset("\u3002\u3001\uff0c\uff0e\uff09\u300d\u300f")
+# Fullwidth opening parenthesis and corner brackets.
+_NO_LINE_END = frozenset("\uff08\u300c\u300e")
 
 
 def _wide(char: str) -> bool:
