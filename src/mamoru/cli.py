@@ -247,9 +247,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     names = sum(len(s.domains) for s in settings.sites)
-    print(f"{settings.config_file}: ok — {len(settings.sites)} site"
-          f"{'s' if len(settings.sites) != 1 else ''}, {names} name{'s' if names != 1 else ''}, "
-          f"CA {settings.acme.directory}")
+    from mamoru.i18n import _, ngettext
+
+    sites = ngettext("{n} site", "{n} sites", len(settings.sites)).format(n=len(settings.sites))
+    said = ngettext("{n} name", "{n} names", names).format(n=names)
+    print(_("{file}: ok — {sites}, {names}, CA {ca}").format(
+        file=settings.config_file, sites=sites, names=said, ca=settings.acme.directory))
     return EXIT_OK
 
 
@@ -404,6 +407,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return exit_code(reports, args.strict)
 
 
+def _config_problems(error: Exception) -> str:
+    """The config's problems, the head line in the reader's language (each problem keeps its
+    file:line, key and words)."""
+    from mamoru.i18n import ngettext
+
+    problems = getattr(error, "problems", None)
+    if not isinstance(problems, list):
+        return str(error)
+    head = ngettext("{n} problem in the config:", "{n} problems in the config:",
+                    len(problems)).format(n=len(problems))
+    return "\n".join([head, *(f"  {p}" for p in problems)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from mamoru import i18n
 
@@ -419,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as error:
-        print(str(error), file=sys.stderr)
+        print(_config_problems(error), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
         print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)

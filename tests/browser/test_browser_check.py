@@ -92,7 +92,7 @@ CASES: dict[str, Case] = {
         ("mixed-content", "problem", ("scripts over insecure http://", "browsers block them",
                                       "keep the lock and fetch it over https:// instead",
                                       "the image is broken")),
-        ("problem", ("blocks 1 insecure script (http://cdn.example/app.js)",
+        ("problem", ("blocks the insecure script http://cdn.example/app.js",
                      "upgrades http://cdn.example/logo.png", "broken image")),
         mixed=(("http://cdn.example/app.js", "blocked", False),
                ("http://cdn.example/logo.png", "upgraded", True))),

@@ -179,3 +179,40 @@ def test_check_golden(sites: dict[str, list[str]], lang: str, golden: str) -> No
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
     assert text == path.read_text(), f"differs from {path} (MAMORU_UPDATE_GOLDEN=1 rewrites)"
+
+
+def _run(lang: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    env["LANG"] = lang
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "mamoru.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("lang,golden", [("ja_JP.UTF-8", "status.ja.txt"),
+                                         ("xx_YY.UTF-8", "status.en.txt")])
+def test_status_and_check_config_golden(tmp_path: Path, lang: str, golden: str) -> None:
+    good = tmp_path / "config.yaml"
+    good.write_text(f"""
+acme: {{directory: "https://ca.invalid/dir", contact: admin@clinic.example}}
+paths: {{state: {tmp_path}/state, live: {tmp_path}/live, event_log: {tmp_path}/events.jsonl}}
+sites:
+  clinic: {{domains: [clinic.example, www.clinic.example], challenge: {{webroot: {tmp_path}}}}}
+""")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("acme: {directory: 42}\nsites: {}\nsurprise: 1\n")
+    for path in (good, bad):
+        path.chmod(0o600)
+    shown = []
+    for args in (("status", "-c", str(good)), ("check-config", "-c", str(good)),
+                 ("check-config", "-c", str(bad))):
+        result = _run(lang, *args)
+        shown.append(f"$ mamoru {args[0]}  # exit {result.returncode}\n"
+                     + result.stdout + result.stderr)
+    text = re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "YYYY-MM-DD HH:MM", "\n".join(shown))
+    text = text.replace(str(tmp_path), "TMP")
+    path = GOLDEN / golden
+    if os.environ.get("MAMORU_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"differs from {path} (MAMORU_UPDATE_GOLDEN=1 rewrites)"

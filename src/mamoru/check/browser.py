@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mamoru.check.report import Finding, TargetReport, plural
+from mamoru.check.report import Finding, TargetReport
 from mamoru.errors import MamoruError, UsageError
+from mamoru.i18n import N_, _
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 """Executables tried in order on PATH (Debian's package installs /usr/bin/chromium)."""
@@ -474,6 +475,11 @@ def browse(host: str, *, ca_bundle: str | None, connect: tuple[str, int] | None,
         return load_site(browser, host, path=path, screenshot=screenshot)
 
 
+_KINDS = {"script": N_("script"), "image": N_("image"), "stylesheet": N_("stylesheet"),
+          "media": N_("media file"), "font": N_("font"), "frame": N_("frame"),
+          "iframe": N_("frame"), "form": N_("form"), "resource": N_("resource")}
+
+
 def browser_finding(view: BrowserView) -> Finding:
     """The `browser` finding: what Chromium showed, in the words a patient would use."""
     details = view.details()
@@ -481,53 +487,62 @@ def browser_finding(view: BrowserView) -> Finding:
     who = f"Chromium {number}" if number else "Chromium"
     if view.cert_error:
         return Finding("browser", "problem",
-                       f"{who} shows a full-page error instead of the site: \"Your connection "
-                       f"is not private\" ({view.cert_error}). Patients can go no further "
-                       f"without clicking through a warning.",
-                       "Fix the certificate problem named above, then check again.",
+                       _("{browser} shows a full-page error instead of the site: \"Your "
+                         "connection is not private\" ({error}). Patients can go no further "
+                         "without clicking through a warning.").format(
+                             browser=who, error=view.cert_error),
+                       _("Fix the certificate problem named above, then check again."),
                        details)
     if view.load_error:
         return Finding("browser", "problem",
-                       f"{who} could not open {view.start_url}: {view.load_error}.",
-                       "Make sure the web server is running and the name points to it.",
+                       _("{browser} could not open {url}: {error}.").format(
+                           browser=who, url=view.start_url, error=view.load_error),
+                       _("Make sure the web server is running and the name points to it."),
                        details)
     if not view.final_url.startswith("https://"):
         return Finding("browser", "problem",
-                       f"{who} stays on {view.final_url or view.start_url}: the address bar "
-                       f"shows \"Not secure\" and what patients type is sent unencrypted.",
-                       "Redirect http:// to https:// (mamoru's generated config does this: "
-                       "return 301 https://$host$request_uri;).", details)
+                       _("{browser} stays on {url}: the address bar shows \"Not secure\" and "
+                         "what patients type is sent unencrypted.").format(
+                             browser=who, url=view.final_url or view.start_url),
+                       _("Redirect http:// to https:// (mamoru's generated config does this: "
+                         "return 301 https://$host$request_uri;)."), details)
     blocked = [m for m in view.mixed if m.resolution == "blocked"]
     broken = [m for m in view.mixed if m.resolution == "upgraded" and m.broken]
     warned = [m for m in view.mixed if m.resolution == "warned"]
     parts: list[str] = []
-    if blocked:
-        parts.append(f"blocks {plural(len(blocked), 'insecure ' + blocked[0].kind)} "
-                     f"({', '.join(m.url for m in blocked[:3])}), so that part of the page "
-                     f"does not work")
+    for item in blocked[:3]:
+        kind = _KINDS.get(item.kind)
+        parts.append(_("blocks the insecure {kind} {url}, so that part of the page does not "
+                       "work").format(kind=_(kind) if kind else item.kind, url=item.url))
     if broken:
-        parts.append(f"upgrades {', '.join(m.url for m in broken[:3])} to https://, where it "
-                     f"does not load: patients see a broken image")
+        parts.append(_("upgrades {urls} to https://, where it does not load: patients see a "
+                       "broken image").format(urls=_(", ").join(m.url for m in broken[:3])))
     if warned:
-        parts.append(f"warns at Send on {', '.join(m.url for m in warned[:3])}: \"The "
-                     f"information you're about to submit is not secure\" (with \"Send "
-                     f"anyway\", after which it travels unencrypted)")
+        parts.append(_("warns at Send on {urls}: \"The information you're about to submit is "
+                       "not secure\" (with \"Send anyway\", after which it travels "
+                       "unencrypted)").format(urls=_(", ").join(m.url for m in warned[:3])))
     state = view.security_state or "unknown"
     if parts:
         # A form is a problem like in the plain check: after "Send anyway" it goes unencrypted.
         return Finding("browser", "problem",
-                       f"{who} opens {view.final_url} (security state {state}) but "
-                       + "; ".join(parts) + ".",
-                       "Load every script, image and form target over https:// (or from the "
-                       "site itself), including what analytics or chat snippets add.",
+                       _("{browser} opens {url} (security state {state}) but {what}.").format(
+                           browser=who, url=view.final_url, state=state,
+                           what=_("; ").join(parts)),
+                       _("Load every script, image and form target over https:// (or from "
+                         "the site itself), including what analytics or chat snippets add."),
                        details)
     if state != "secure":
         return Finding("browser", "warning",
-                       f"{who} opens {view.final_url}, but its security state is {state}, "
-                       f"not secure.", "Look at the other findings for the cause.", details)
-    hsts = " HSTS is stored." if view.hsts_stored else " HSTS was not stored."
-    return Finding("browser", "ok",
-                   f"{who} opens {view.final_url} with the lock (security state secure).{hsts}",
+                       _("{browser} opens {url}, but its security state is {state}, not "
+                         "secure.").format(browser=who, url=view.final_url, state=state),
+                       _("Look at the other findings for the cause."), details)
+    if view.hsts_stored:
+        said = _("{browser} opens {url} with the lock (security state secure). HSTS is "
+                 "stored.")
+    else:
+        said = _("{browser} opens {url} with the lock (security state secure). HSTS was not "
+                 "stored.")
+    return Finding("browser", "ok", said.format(browser=who, url=view.final_url),
                    details=details)
 
 
