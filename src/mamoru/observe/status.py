@@ -22,7 +22,7 @@ from typing import Any
 
 from mamoru.clock import parse_time
 from mamoru.config.model import Settings, Site
-from mamoru.i18n import N_, _
+from mamoru.i18n import N_, _, ngettext
 from mamoru.observe.danger import danger_threshold
 from mamoru.observe.events import iso, scrub
 from mamoru.observe.messages import plural
@@ -171,7 +171,7 @@ def _next_renewal(site: Site, state: dict[str, Any], failures: int,
     if due is not None:
         return due, str(state.get("why") or "")
     if not_before is None or not_after is None:
-        return now, "no certificate yet"
+        return now, N_("no certificate yet")
     # No schedule recorded (a certificate put in place by hand): the renewal policy itself,
     # unjittered, for a certificate that is what the config asks for.
     names = frozenset(site.domains)
@@ -196,10 +196,12 @@ def exit_code(rows: list[SiteStatus]) -> int:
 
 def danger_summary(rows: list[SiteStatus]) -> str:
     """One line naming every site in danger and why ('' when none is)."""
-    bad = [f"{row.site} ({'; '.join(row.danger)})" for row in rows if row.danger]
+    bad = [f"{row.site} ({_('; ').join(row.danger_said or row.danger)})" for row in rows
+           if row.danger]
     if not bad:
         return ""
-    return f"{plural(len(bad), 'site')} in danger: {', '.join(bad)}"
+    return ngettext("{n} site in danger: {sites}", "{n} sites in danger: {sites}",
+                    len(bad)).format(n=len(bad), sites=_(", ").join(bad))
 
 
 def to_json(rows: list[SiteStatus]) -> dict[str, Any]:
@@ -243,7 +245,7 @@ def _row(row: SiteStatus) -> list[str]:
         expires = "-"
     if row.next_renewal is not None:
         when = _("now") if row.next_renewal <= row.now else f"{row.next_renewal:%Y-%m-%d %H:%M}"
-        renewal = f"{when} ({row.why})" if row.why else when
+        renewal = f"{when} ({_(row.why)})" if row.why else when
     else:
         renewal = "-"
     last = row.last_attempt
