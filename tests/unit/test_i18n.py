@@ -216,3 +216,35 @@ sites:
     if os.environ.get("MAMORU_UPDATE_GOLDEN"):
         path.write_text(text)
     assert text == path.read_text(), f"differs from {path} (MAMORU_UPDATE_GOLDEN=1 rewrites)"
+
+
+def test_alert_summaries_are_in_alerts_language_whatever_the_locale(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """alerts.language picks the words of the summary (email subject, webhook summary); the
+    daemon's own locale does not; the alert's kind and details stay English."""
+    from mamoru.config.model import AlertSettings
+    from mamoru.observe.alerts.rules import judge
+    from mamoru.observe.events import Event
+
+    event = Event("failed", "clinic", "validating clinic.example: connection refused",
+                  {"error_class": "ChallengeFailed", "attempt": 2})
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    english = judge(event, AlertSettings(), None, lambda: 2).problems["failing"]
+    assert english.summary == "clinic: certificate renewal failing (ChallengeFailed, attempt 2)"
+    monkeypatch.setenv("LANG", "C")
+    japanese = judge(event, AlertSettings(language="ja"), None, lambda: 2).problems["failing"]
+    assert japanese.summary == "clinic: 証明書の更新に失敗しています（ChallengeFailed、2 回目）"  # noqa: RUF001
+    assert japanese.kind == "failing" and japanese.details["event"] == "failed"
+
+
+def test_alerts_language_is_checked_by_the_config(tmp_path: Path) -> None:
+    from mamoru.config.load import load_config_text
+    from mamoru.errors import ConfigError
+
+    base = ("acme: {directory: \"https://ca.invalid/dir\"}\n"
+            f"paths: {{state: {tmp_path}/s, live: {tmp_path}/l, event_log: {tmp_path}/e}}\n"
+            "sites: {}\n")
+    assert load_config_text(base + "alerts: {language: ja}\n").alerts.language == "ja"
+    assert load_config_text(base).alerts.language == "en"
+    with pytest.raises(ConfigError, match="language"):
+        load_config_text(base + "alerts: {language: klingon}\n")

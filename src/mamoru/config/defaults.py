@@ -71,6 +71,9 @@ RENEWAL_JITTER_FRACTION: Final = 0.1
 ALERTS_AFTER_FAILURES: Final = 1
 ALERTS_DAYS_LEFT: Final = 7
 ALERTS_REMIND_HOURS: Final = 24
+# The language of alert summaries: whoever reads the alert mail, not the daemon's locale.
+ALERTS_LANGUAGE: Final = "en"
+ALERT_LANGUAGES: Final = ("en", "ja")
 EMAIL_PORT: Final = 587  # SMTP submission
 EMAIL_STARTTLS: Final = True
 # Seconds for one delivery of an alert (an SMTP session, a webhook POST).

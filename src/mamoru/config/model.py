@@ -148,6 +148,7 @@ class AlertSettings:
     after_failures: int = D.ALERTS_AFTER_FAILURES
     days_left: float = D.ALERTS_DAYS_LEFT
     remind_hours: float = D.ALERTS_REMIND_HOURS
+    language: str = D.ALERTS_LANGUAGE  # of the alert summary (email subject, webhook summary)
 
 
 @dataclass(frozen=True)

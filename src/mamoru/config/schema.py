@@ -193,6 +193,7 @@ def _alerts(m: Fields, file_mode: int | None) -> AlertSettings:
         days_left=m.number("days_left", D.ALERTS_DAYS_LEFT, minimum=0, maximum=365),
         remind_hours=m.number("remind_hours", D.ALERTS_REMIND_HOURS, minimum=1,
                               maximum=24 * 30),
+        language=m.text("language", D.ALERTS_LANGUAGE, choices=D.ALERT_LANGUAGES),
     )
     m.finish()
     return out
