@@ -192,6 +192,7 @@ class Chromium:
         self.executable = find_chromium()
         self.timeout = timeout
         self.profile = make_profile(ca_bundle)
+        self.tabs: dict[str, str] = {}  # session id -> target id
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         argv = [self.executable, *LAUNCH_FLAGS, f"--user-data-dir={self.profile / 'chrome'}"]
@@ -206,6 +207,12 @@ class Chromium:
                 (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
                 (os.POSIX_SPAWN_DUP2, devnull, 2), (os.POSIX_SPAWN_DUP2, to_child_r, 3),
                 (os.POSIX_SPAWN_DUP2, from_child_w, 4)])
+        except OSError as error:
+            for fd in (self._to_child, self._from_child):
+                os.close(fd)
+            shutil.rmtree(self.profile, ignore_errors=True)
+            raise BrowserMissing(f"cannot start {self.executable}: {error.strerror}",
+                                 hint=INSTALL_HINT) from None
         finally:
             for fd in (devnull, to_child_r, from_child_w):
                 os.close(fd)
@@ -213,10 +220,13 @@ class Chromium:
         self._replies: dict[int, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.tabs: dict[str, str] = {}  # session id -> target id
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.version = str(self.call("Browser.getVersion").get("product", ""))
+        try:
+            self.version = str(self.call("Browser.getVersion").get("product", ""))
+        except BaseException:
+            self.close()  # never leave a browser or its profile behind
+            raise
 
     def _read(self) -> None:
         buffer = b""
