@@ -2,8 +2,10 @@
 # Installs what mamoru's tests and demo need on a fresh Debian 12 machine (run as root):
 # Debian's pebble (a test ACME CA), nginx, Apache, systemd-analyze and strace (the reliability
 # suite traces how key files are created), BIND 9 and Knot DNS with their tools (the dns-01
-# tests run real primaries; the hook test calls nsupdate), then a venv in .venv with mamoru and its test
-# extras. Safe to run again.
+# tests run real primaries; the hook test calls nsupdate), certbot (a real certbot state to
+# import), systemd-container and debootstrap (the systemd suite), chromium and libnss3-tools'
+# certutil (the real-browser suite, tests/browser, and `mamoru check --browser`), then a venv
+# in .venv with mamoru and its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +18,10 @@ need=()
 # bind9/knot: the dns-01 tests' real DNS servers; certbot + its nginx plugin: the
 # import-certbot tests make a real certbot state with them; systemd-container + debootstrap:
 # the systemd suite (tests/systemd/) boots Debian 12 under a real systemd (scripts/build-deb.sh
-# needs only dpkg-deb, part of dpkg).
+# needs only dpkg-deb, part of dpkg); chromium + certutil: the real-browser suite.
 for pkg in pebble nginx-light apache2 systemd openssl ca-certificates python3-venv strace \
            bind9 bind9-utils bind9-dnsutils knot knot-dnsutils certbot python3-certbot-nginx \
-           systemd-container debootstrap; do
+           systemd-container debootstrap chromium libnss3-tools; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -41,4 +43,7 @@ fi
 # The systemd suite's Debian 12 root file system: built once (about a minute), then cached in
 # /var/cache/mamoru-test (the suite builds it too when it is missing).
 bash scripts/systemd-rootfs.sh >/dev/null
+# The editable tree reads its catalogs from src/: compile them there too (a wheel or
+# `pip install .` compiles them into the package, setup.py).
+.venv/bin/pybabel compile -D mamoru -d src/mamoru/locale
 echo "setup: ok ($(.venv/bin/python --version), mamoru $(.venv/bin/python -c 'import mamoru; print(mamoru.__version__)'))"

@@ -22,17 +22,36 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     # Accepted before and after the verb; the verb's value wins when both are given.
+    from mamoru.i18n import _
+
     default = None if top else argparse.SUPPRESS
     parser.add_argument("-c", "--config", metavar="FILE", default=default,
-                        help="config file (default: $MAMORU_CONFIG or /etc/mamoru/config.yaml)")
+                        help=_("config file (default: $MAMORU_CONFIG or /etc/mamoru/config.yaml)"))
     parser.add_argument("-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
-                        help="more detail (-vv: debug)")
+                        help=_("more detail (-vv: debug)"))
+    parser.add_argument("--lang", metavar="LANG", default=default,
+                        help=_("language for people (ja, en; default: from LANGUAGE, LC_ALL, "
+                             "LC_MESSAGES, LANG)"))
+
+
+def _lang_of(argv: Sequence[str]) -> str | None:
+    """--lang's value, read before the parser is built (its help is translated too)."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == "--lang" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--lang="):
+            found = arg.partition("=")[2]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser; its help is in the language `mamoru.i18n.setup` chose (main runs it first)."""
+    from mamoru.i18n import _
+
     parser = argparse.ArgumentParser(
         prog="mamoru",
-        description="Keeps a clinic's HTTPS certificates valid with nobody touching them.")
+        description=_("Keeps a clinic's HTTPS certificates valid with nobody touching them."))
     _common(parser, top=True)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
@@ -43,26 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    p = verb("provision", "obtain and install certificates for sites that need one", cmd_provision)
-    p.add_argument("sites", nargs="*", metavar="SITE", help="sites to provision (default: all)")
-    p.add_argument("--force", action="store_true", help="order even if the certificate is good")
+    p = verb("provision", _("obtain and install certificates for sites that need one"),
+             cmd_provision)
+    p.add_argument("sites", nargs="*", metavar="SITE", help=_("sites to provision (default: all)"))
+    p.add_argument("--force", action="store_true", help=_("order even if the certificate is good"))
     p.add_argument("--dry-run", action="store_true",
-                   help="go through the whole ACME exchange but change nothing in live/")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+                   help=_("go through the whole ACME exchange but change nothing in live/"))
+    p.add_argument("--json", action="store_true", help=_("print a JSON summary on stdout"))
 
-    p = verb("renew", "one pass over the sites that are due, then exit (for timers and cron); "
-             "sites backing off after a failure wait for their next attempt", cmd_renew)
-    p.add_argument("sites", nargs="*", metavar="SITE", help="sites to look at (default: all)")
+    p = verb("renew", _("one pass over the sites that are due, then exit (for timers and cron); "
+             "sites backing off after a failure wait for their next attempt"), cmd_renew)
+    p.add_argument("sites", nargs="*", metavar="SITE", help=_("sites to look at (default: all)"))
     p.add_argument("--force", action="store_true",
-                   help="renew even if not due (and even while backing off)")
+                   help=_("renew even if not due (and even while backing off)"))
     p.add_argument("--dry-run", action="store_true",
-                   help="go through the whole ACME exchange but change nothing in live/")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+                   help=_("go through the whole ACME exchange but change nothing in live/"))
+    p.add_argument("--json", action="store_true", help=_("print a JSON summary on stdout"))
 
-    verb("run", "the renewal daemon: renews every site when due, until stopped (systemd: "
-         "mamoru.service; SIGHUP reloads the config)", cmd_run)
+    verb("run", _("the renewal daemon: renews every site when due, until stopped (systemd: "
+         "mamoru.service; SIGHUP reloads the config)"), cmd_run)
 
-    verb("check-config", "validate the config and list every problem with its line",
+    verb("check-config", _("validate the config and list every problem with its line"),
          cmd_check_config)
 
     p = verb("check-dns", "prove mamoru can write, see on every authoritative nameserver and "
@@ -87,30 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-listen", metavar="[ADDR:]PORT",
                    help="the site's plain-HTTP address (default: the default site's, else 80)")
 
-    p = verb("check", "look at live sites the way a patient's browser does", cmd_check)
+    p = verb("check", _("look at live sites the way a patient's browser does"), cmd_check)
     p.add_argument("targets", nargs="*", metavar="URL|SITE",
-                   help="URLs or host names, or configured site names (default: every site)")
-    p.add_argument("--json", action="store_true", help="JSON output for scripts and vendors")
-    p.add_argument("--ca-bundle", metavar="FILE", help="trust these roots instead of the system's")
+                   help=_("URLs or host names, or configured site names (default: every site)"))
+    p.add_argument("--json", action="store_true", help=_("JSON output for scripts and vendors"))
+    p.add_argument("--ca-bundle", metavar="FILE",
+                   help=_("trust these roots instead of the system's"))
     p.add_argument("--connect", metavar="HOST:PORT",
-                   help="connect here for HTTPS while using the real host name")
+                   help=_("connect here for HTTPS while using the real host name"))
     p.add_argument("--http-connect", metavar="HOST:PORT",
-                   help="connect here for the plain-HTTP checks (default: HOST:80 of --connect)")
-    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per connection")
+                   help=_("connect here for the plain-HTTP checks (default: HOST:80 of --connect)"))
+    p.add_argument("--strict", action="store_true", help=_("exit 1 on warnings too"))
+    p.add_argument("--timeout", type=float, default=None, help=_("seconds per connection"))
+    p.add_argument("--browser", action="store_true",
+                   help=_("also open each name in a real headless Chromium (apt-get install "
+                        "chromium libnss3-tools) and report what it shows"))
 
-    p = verb("status", "one row per site from local state (exit 1 if any site is in danger)",
+    p = verb("status", _("one row per site from local state (exit 1 if any site is in danger)"),
              cmd_status)
-    p.add_argument("--json", action="store_true", help="JSON output for scripts and monitoring")
+    p.add_argument("--json", action="store_true", help=_("JSON output for scripts and monitoring"))
 
-    p = verb("log", "query the event log (rotated files too), newest last", cmd_log)
-    p.add_argument("--site", metavar="SITE", help="only this site's events")
+    p = verb("log", _("query the event log (rotated files too), newest last"), cmd_log)
+    p.add_argument("--site", metavar="SITE", help=_("only this site's events"))
     p.add_argument("--since", metavar="WHEN",
-                   help="only events since: 30m, 12h, 7d, 2w, or a date/time (2026-11-01)")
-    p.add_argument("--failed", action="store_true", help="only failures (error-level events)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+                   help=_("only events since: 30m, 12h, 7d, 2w, or a date/time (2026-11-01)"))
+    p.add_argument("--failed", action="store_true", help=_("only failures (error-level events)"))
+    p.add_argument("--json", action="store_true", help=_("one JSON object per line"))
 
-    verb("alert-test", "send a test alert through every configured channel", cmd_alert_test)
+    verb("alert-test", _("send a test alert through every configured channel"), cmd_alert_test)
 
     p = verb("import-certbot", "take over certbot's lineages: certificates, account and "
              "renewals (the /etc/letsencrypt/live/ paths keep working); --undo gives them back",
@@ -127,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore certbot's files from the backup taken before the import and "
                    "remove the imported sites")
 
-    p = verb("revoke", "revoke a site's current certificate and put a new one in service",
+    p = verb("revoke", _("revoke a site's current certificate and put a new one in service"),
              cmd_revoke)
     p.add_argument("site", metavar="SITE")
     p.add_argument("--reason", default="unspecified",
-                   choices=sorted(REVOCATION_REASONS), help="RFC 5280 reason")
+                   choices=sorted(REVOCATION_REASONS), help=_("RFC 5280 reason"))
     p.add_argument("--no-replace", action="store_true",
-                   help="only revoke: do not order a replacement (the site keeps serving the "
-                   "revoked certificate until the next provision)")
+                   help=_("only revoke: do not order a replacement (the site keeps serving the "
+                   "revoked certificate until the next provision)"))
     return parser
 
 
@@ -293,9 +317,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     names = sum(len(s.domains) for s in settings.sites)
-    print(f"{settings.config_file}: ok — {len(settings.sites)} site"
-          f"{'s' if len(settings.sites) != 1 else ''}, {names} name{'s' if names != 1 else ''}, "
-          f"CA {settings.acme.directory}")
+    from mamoru.i18n import _, ngettext
+
+    sites = ngettext("{n} site", "{n} sites", len(settings.sites)).format(n=len(settings.sites))
+    said = ngettext("{n} name", "{n} names", names).format(n=names)
+    print(_("{file}: ok — {sites}, {names}, CA {ca}").format(
+        file=settings.config_file, sites=sites, names=said, ca=settings.acme.directory))
     return EXIT_OK
 
 
@@ -478,6 +505,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     site_names = [t for t in args.targets if "." not in t and "/" not in t]
     urls = [t for t in args.targets if t not in site_names]
     reports = []
+    settings = None
     if site_names or not args.targets:
         from mamoru.check.site import check_site
         from mamoru.storage import FileStorage
@@ -496,6 +524,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                                      timeout=args.timeout or CHECK_TIMEOUT))
         except ValueError as error:
             raise UsageError(str(error)) from None
+    if args.browser:
+        # Imported only here: the plain check never loads the browser driver.
+        from mamoru.check.browser import add_browser_findings, find_chromium
+
+        find_chromium()  # no Chromium: say how to install it (exit 2) before any output
+        add_browser_findings(reports, ca_bundle=args.ca_bundle or (
+            settings.check.ca_bundle if settings else None), connect=connect,
+            http_connect=http_connect, timeout=max((args.timeout or 5.0) * 3, 15.0))
     if args.json:
         print(json.dumps(to_json(reports), indent=2, ensure_ascii=False))
     else:
@@ -503,7 +539,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return exit_code(reports, args.strict)
 
 
+def _config_problems(error: Exception) -> str:
+    """The config's problems, the head line in the reader's language (each problem keeps its
+    file:line, key and words)."""
+    from mamoru.i18n import ngettext
+
+    problems = getattr(error, "problems", None)
+    if not isinstance(problems, list):
+        return str(error)
+    head = ngettext("{n} problem in the config:", "{n} problems in the config:",
+                    len(problems)).format(n=len(problems))
+    return "\n".join([head, *(f"  {p}" for p in problems)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from mamoru import i18n
+
+    i18n.setup(_lang_of(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -515,10 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as error:
-        print(str(error), file=sys.stderr)
+        print(_config_problems(error), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
-        print(f"mamoru: {error}", file=sys.stderr)
+        print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)
         return EXIT_USAGE
     except MamoruError as error:
         print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)

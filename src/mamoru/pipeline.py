@@ -453,7 +453,7 @@ def browser_check(site: Site, app: App, version: CertVersion) -> None:
 
     settings = app.settings.check
     reports = check_site(site, version, ca_bundle=settings.ca_bundle, timeout=settings.timeout,
-                         local=True)
+                         local=True, browser=settings.browser)
     findings = [{"name": r.host, "check": f.check, "status": f.status, "message": f.message,
                  "fix": f.fix} for r in reports for f in r.findings if f.status != "ok"]
     worst = max((r.worst for r in reports), key=["ok", "warning", "problem"].index, default="ok")

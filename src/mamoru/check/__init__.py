@@ -11,6 +11,8 @@ What lives here, from the bottom up:
   `hsts`, `mixed_content`; the two sides of a check that use them: `https` and `redirect`
   (the plain-HTTP redirect and the ACME challenge path).
 - `url` (`check_url`: one URL, every check) and `site` (every name of configured sites).
+- `browser`: the same names in a real headless Chromium (`--browser`, `check.browser`),
+  imported only then, so the plain check loads no browser code.
 
 The CLI imports `report`, `url` and `site` directly; this file imports nothing, so `tls` stays
 light for the install.

@@ -11,8 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from mamoru.check.report import ONE_DAY, Finding, plural
+from mamoru.check.report import ONE_DAY, Finding
 from mamoru.check.target import is_ip
+from mamoru.i18n import _, ngettext
 
 
 def subject_cn(name: x509.Name) -> str:
@@ -109,19 +110,32 @@ def names_finding(host: str, leaf: x509.Certificate) -> Finding:
     names = _cert_names(leaf)
     details: dict[str, object] = {"host": host, "names": names}
     if hostname_matches(host, leaf):
-        return Finding("cert.names", "ok", f"The certificate is valid for {host}.", details=details)
+        return Finding("cert.names", "ok", _("The certificate is valid for {host}.").format(
+            host=host), details=details)
     if not names:
-        listed = f"has no subjectAltName (only the old common name {subject_cn(leaf.subject)!r})"
-    else:
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        listed = f"is for {shown}"
+        return Finding(
+            "cert.names",
+            "problem",
+            _("The certificate has no list of names (subjectAltName), only the old common "
+              "name {common}, which browsers ignore: patients' browsers show a full-page error "
+              "instead of the site (\"Your connection is not private\", "
+              "ERR_CERT_COMMON_NAME_INVALID), even though the name looks right.").format(
+                  common=repr(subject_cn(leaf.subject))),
+            _("Serve a certificate that lists {host} as a subjectAltName (every certificate "
+              "mamoru obtains does; old self-made or vendor certificates often do not) and "
+              "reload the web server.").format(host=host),
+            details,
+        )
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return Finding(
         "cert.names",
         "problem",
-        f"The certificate {listed}, not {host}: browsers show a warning.",
-        f"Make sure the web server uses the certificate that includes {host} for this site "
-        f"(nginx server_name / Apache ServerName), or add {host} to the site's names in "
-        "mamoru's configuration so the next certificate covers it.",
+        _("The certificate is for {names}, not {host}: patients' browsers show a full-page "
+          "error instead of the site (\"Your connection is not private\", "
+          "ERR_CERT_COMMON_NAME_INVALID).").format(names=shown, host=host),
+        _("Make sure the web server uses the certificate that includes {host} for this site "
+          "(nginx server_name / Apache ServerName), or add {host} to the site's names in "
+          "mamoru's configuration so the next certificate covers it.").format(host=host),
         details,
     )
 
@@ -138,16 +152,18 @@ def expiry_finding(leaf: x509.Certificate, now: dt.datetime) -> Finding:
         "days_left": round(_days(left), 2),
         "lifetime_days": round(_days(lifetime), 2),
     }
-    renew_fix = (
+    renew_fix = _(
         "Automatic renewal should have replaced it by now: run mamoru renew, then "
         "check mamoru status and the service log for why it did not happen."
     )
     if left <= dt.timedelta(0):
-        ago = -_days(left)
+        ago = int(-_days(left))
         return Finding(
             "cert.expiry",
             "problem",
-            f"The certificate expired {plural(int(ago), 'day')} ago (on {date_of(not_after)}).",
+            ngettext("The certificate expired {n} day ago (on {date}).",
+                     "The certificate expired {n} days ago (on {date}).", ago).format(
+                         n=ago, date=date_of(not_after)),
             renew_fix,
             details,
         )
@@ -155,23 +171,25 @@ def expiry_finding(leaf: x509.Certificate, now: dt.datetime) -> Finding:
         return Finding(
             "cert.expiry",
             "problem",
-            f"The certificate is not valid until {date_of(not_before)}.",
-            "Check the server's clock (timedatectl).",
+            _("The certificate is not valid until {date}.").format(date=date_of(not_before)),
+            _("Check the server's clock (timedatectl)."),
             details,
         )
     days = int(_days(left))
-    message = f"The certificate expires in {plural(days, 'day')} (on {date_of(not_after)})."
+    message = ngettext("The certificate expires in {n} day (on {date}).",
+                       "The certificate expires in {n} days (on {date}).", days).format(
+                           n=days, date=date_of(not_after))
     if left < lifetime / 6:
         return Finding(
-            "cert.expiry", "problem", message + " That is very close.", renew_fix, details
+            "cert.expiry", "problem", message + _(" That is very close."), renew_fix, details
         )
     if left < lifetime / 3:
         return Finding(
             "cert.expiry",
             "warning",
-            message + " It should have been renewed already.",
-            "Check that the mamoru service is running (mamoru status) and look at "
-            "its log for failed renewals.",
+            message + _(" It should have been renewed already."),
+            _("Check that the mamoru service is running (mamoru status) and look at "
+              "its log for failed renewals."),
             details,
         )
     return Finding("cert.expiry", "ok", message, details=details)
@@ -199,26 +217,26 @@ def matches_stored_finding(leaf: x509.Certificate, expected_pem: bytes) -> Findi
         return Finding(
             "cert.matches-stored",
             "ok",
-            "The server serves the certificate mamoru installed.",
+            _("The server serves the certificate mamoru installed."),
             details=details,
         )
     if leaf.not_valid_after_utc < expected.not_valid_after_utc:
-        message = (
-            f"The server still serves the old certificate (expires "
-            f"{date_of(leaf.not_valid_after_utc)}), not the one mamoru installed (expires "
-            f"{date_of(expected.not_valid_after_utc)})."
-        )
+        message = _(
+            "The server still serves the old certificate (expires {served}), not the one "
+            "mamoru installed (expires {stored})."
+        ).format(served=date_of(leaf.not_valid_after_utc),
+                 stored=date_of(expected.not_valid_after_utc))
     else:
-        message = (
+        message = _(
             "The server serves a different certificate from the one mamoru installed "
-            f"(served expires {date_of(leaf.not_valid_after_utc)}, stored expires "
-            f"{date_of(expected.not_valid_after_utc)})."
-        )
+            "(served expires {served}, stored expires {stored})."
+        ).format(served=date_of(leaf.not_valid_after_utc),
+                 stored=date_of(expected.not_valid_after_utc))
     return Finding(
         "cert.matches-stored",
         "problem",
         message,
-        "Reload the web server (systemctl reload nginx / apache2) and check that its "
-        "configuration includes the certificate files mamoru writes.",
+        _("Reload the web server (systemctl reload nginx / apache2) and check that its "
+          "configuration includes the certificate files mamoru writes."),
         details,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mamoru.check.report import ONE_DAY, Finding, plural
+from mamoru.check.report import ONE_DAY, Finding
+from mamoru.i18n import _, ngettext
 
 
 def parse_hsts(value: str) -> dict[str, object]:
@@ -30,7 +31,7 @@ def parse_hsts(value: str) -> dict[str, object]:
 
 def hsts_finding(value: str | None) -> Finding:
     """``hsts``: the Strict-Transport-Security header ``value`` (None: absent)."""
-    fix_add = (
+    fix_add = _(
         "Add the header to the HTTPS site, e.g. nginx: add_header "
         'Strict-Transport-Security "max-age=31536000" always; Apache: Header always '
         'set Strict-Transport-Security "max-age=31536000".'
@@ -39,8 +40,9 @@ def hsts_finding(value: str | None) -> Finding:
         return Finding(
             "hsts",
             "warning",
-            "The site does not tell browsers to always use HTTPS (no Strict-Transport-Security "
-            "header), so a patient on a hostile Wi-Fi can be sent to a fake http:// copy.",
+            _("The site does not tell browsers to always use HTTPS (no "
+              "Strict-Transport-Security header), so a patient on a hostile Wi-Fi can be sent "
+              "to a fake http:// copy."),
             fix_add,
             {"header": None},
         )
@@ -50,7 +52,8 @@ def hsts_finding(value: str | None) -> Finding:
         return Finding(
             "hsts",
             "warning",
-            "The Strict-Transport-Security header has no valid max-age, so browsers ignore it.",
+            _("The Strict-Transport-Security header has no valid max-age, so browsers ignore "
+              "it."),
             fix_add,
             details,
         )
@@ -58,15 +61,16 @@ def hsts_finding(value: str | None) -> Finding:
         return Finding(
             "hsts",
             "warning",
-            f"Strict-Transport-Security is set, but for only {max_age} seconds "
-            "(less than a day), so it protects almost nothing.",
-            "Raise max-age to at least 31536000 (one year) once HTTPS works reliably.",
+            _("Strict-Transport-Security is set, but for only {seconds} seconds (less than a "
+              "day), so it protects almost nothing.").format(seconds=max_age),
+            _("Raise max-age to at least 31536000 (one year) once HTTPS works reliably."),
             details,
         )
     return Finding(
         "hsts",
         "ok",
-        f"Browsers are told to use HTTPS for {plural(max_age // ONE_DAY, 'day')} "
-        f"(max-age={max_age}).",
+        ngettext("Browsers are told to use HTTPS for {n} day (max-age={seconds}).",
+                 "Browsers are told to use HTTPS for {n} days (max-age={seconds}).",
+                 max_age // ONE_DAY).format(n=max_age // ONE_DAY, seconds=max_age),
         details=details,
     )

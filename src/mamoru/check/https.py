@@ -32,21 +32,24 @@ from mamoru.check.tls import (
     unverified_context,
     verifying_context,
 )
+from mamoru.i18n import _
 
 
 def tls_version_finding(version: str | None) -> Finding:
     """``tls.version``: TLS 1.2 and 1.3 are fine, anything older a problem."""
     if version in ("TLSv1.2", "TLSv1.3"):
         return Finding(
-            "tls.version", "ok", f"The connection uses {version}.", details={"version": version}
+            "tls.version", "ok", _("The connection uses {version}.").format(version=version),
+            details={"version": version}
         )
     shown = version or "an unknown protocol"
     return Finding(
         "tls.version",
         "problem",
-        f"The server only speaks {shown}, which browsers have refused since 2020.",
-        "Enable TLS 1.2 and 1.3 in the web server (nginx: ssl_protocols TLSv1.2 TLSv1.3; "
-        "Apache: SSLProtocol -all +TLSv1.2 +TLSv1.3) and reload it.",
+        _("The server only speaks {versions}, which browsers have refused since 2020.").format(
+            versions=shown),
+        _("Enable TLS 1.2 and 1.3 in the web server (nginx: ssl_protocols TLSv1.2 TLSv1.3; "
+          "Apache: SSLProtocol -all +TLSv1.2 +TLSv1.3) and reload it."),
         {"version": version},
     )
 
@@ -169,20 +172,24 @@ def _reachable_finding(first: Response, where: str, via: dict[str, str]) -> Find
         return Finding(
             "https.reachable",
             "problem",
-            f"{where} answers, but with a server error ({said}).",
-            "Check the web server's error log; the application behind it may be down.",
+            _("{url} answers, but with a server error ({status}).").format(url=where,
+                                                                          status=said),
+            _("Check the web server's error log; the application behind it may be down."),
             details,
         )
     if first.status >= 400:
         return Finding(
             "https.reachable",
             "warning",
-            f"{where} answers, but with an error page ({said}).",
-            "Check that the address is right and the site's home page exists.",
+            _("{url} answers, but with an error page ({status}).").format(url=where,
+                                                                         status=said),
+            _("Check that the address is right and the site's home page exists."),
             details,
         )
     return Finding(
-        "https.reachable", "ok", f"{where} answers over HTTPS ({said}).", details=details
+        "https.reachable", "ok",
+        _("{url} answers over HTTPS ({status}).").format(url=where, status=said),
+        details=details
     )
 
 

@@ -13,7 +13,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from mamoru.check.fetch import PAGE_SIZE_CAP, REDIRECTS, Response
-from mamoru.check.report import Finding, plural
+from mamoru.check.report import Finding
+from mamoru.i18n import N_, _, ngettext
 
 MAX_LISTED = 10
 """Offending URLs listed per kind in mixed-content details."""
@@ -250,16 +251,18 @@ def mixed_content_finding(
         "upgrade_insecure_requests": upgrade,
         "truncated": truncated,
     }
-    note = f" (only the first {PAGE_SIZE_CAP // (1024 * 1024)} MB were read)" if truncated else ""
+    note = (_(" (only the first {mb} MB were read)").format(mb=PAGE_SIZE_CAP // (1024 * 1024))
+            if truncated else "")
     if not active and not passive:
         return Finding(
             "mixed-content",
             "ok",
-            f"The page loads nothing over insecure http://{note}.",
+            _("The page loads nothing over insecure http://{note} (what its scripts add "
+              "after loading is seen only by mamoru check --browser).").format(note=note),
             details=details,
         )
     examples = ", ".join(r.url for r in (active or passive)[:3])
-    fix = (
+    fix = _(
         "Change these addresses to https:// (or to relative addresses) in the page or its "
         "theme/template; if the other server has no https, host the file on the clinic's "
         "own site."
@@ -268,43 +271,64 @@ def mixed_content_finding(
         return Finding(
             "mixed-content",
             "warning",
-            f"The page refers to {plural(len(active) + len(passive), 'http:// address')} "
-            f"(e.g. {examples}); browsers upgrade them to https because of "
-            f"upgrade-insecure-requests, and they break if that server has no https{note}.",
+            ngettext("The page refers to {n} http:// address (e.g. {examples}); browsers "
+                     "upgrade it to https because of upgrade-insecure-requests, and it breaks "
+                     "if that server has no https{note}.",
+                     "The page refers to {n} http:// addresses (e.g. {examples}); browsers "
+                     "upgrade them to https because of upgrade-insecure-requests, and they "
+                     "break if that server has no https{note}.",
+                     len(active) + len(passive)).format(n=len(active) + len(passive),
+                                                        examples=examples, note=note),
             fix,
             details,
         )
-    if active:
-        kinds = sorted({_KIND_WORDS.get(r.tag, r.tag) for r in active})
-        return Finding(
-            "mixed-content",
-            "problem",
-            f"The page loads {' and '.join(kinds)} over insecure http:// (e.g. {examples}); "
-            f"browsers block these, so parts of the page break or forms send data "
-            f"unencrypted{note}.",
-            fix,
-            details,
-        )
+    # Active content but forms is blocked; a form is sent after a warning, so the words
+    # differ; both are problems (a blocked script breaks the page, a form leaks what is sent).
+    forms = [r for r in active if r.tag in _FORM_TAGS]
+    loads = [r for r in active if r.tag not in _FORM_TAGS]
+    said: list[str] = []
+    if loads:
+        kinds = sorted({_KIND_WORDS.get(r.tag, r.tag) for r in loads})
+        shown = ", ".join(r.url for r in loads[:3])
+        said.append(_("The page loads {kinds} over insecure http:// (e.g. {urls}); browsers "
+                      "block them, so that part of the page does not work").format(
+                          kinds=_(" and ").join(_(k) for k in kinds), urls=shown))
+    if forms:
+        shown = ", ".join(r.url for r in forms[:3])
+        said.append(_("A form sends to insecure http:// ({urls}); browsers keep the lock but "
+                      "warn at Send (\"The information you're about to submit is not "
+                      "secure\", with \"Send anyway\"), and what is sent travels "
+                      "unencrypted").format(urls=shown))
+    if passive:
+        shown = ", ".join(r.url for r in passive[:3])
+        said.append(ngettext(
+            "The page shows {n} image or media file from http:// (e.g. {urls}); browsers "
+            "keep the lock and fetch it over https:// instead, and where that server has no "
+            "https the image is broken",
+            "The page shows {n} images or media files from http:// (e.g. {urls}); browsers "
+            "keep the lock and fetch them over https:// instead, and where that server has "
+            "no https the image is broken", len(passive)).format(n=len(passive), urls=shown))
     return Finding(
         "mixed-content",
-        "warning",
-        f"The page shows {plural(len(passive), 'image or media file')} over insecure http:// "
-        f"(e.g. {examples}); browsers mark the page as not fully secure{note}.",
+        "problem" if active else "warning",
+        _(". ").join(said) + note + _("."),
         fix,
         details,
     )
 
 
+_FORM_TAGS = frozenset({"form", "button", "input"})
+
 _KIND_WORDS = {
-    "script": "scripts",
-    "link": "stylesheets",
-    "iframe": "frames",
-    "frame": "frames",
-    "object": "plugins",
-    "embed": "plugins",
-    "form": "form submissions",
-    "button": "form submissions",
-    "input": "form submissions",
+    "script": N_("scripts"),
+    "link": N_("stylesheets"),
+    "iframe": N_("frames"),
+    "frame": N_("frames"),
+    "object": N_("plugins"),
+    "embed": N_("plugins"),
+    "form": N_("form submissions"),
+    "button": N_("form submissions"),
+    "input": N_("form submissions"),
 }
 
 

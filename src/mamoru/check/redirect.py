@@ -19,6 +19,7 @@ from mamoru.check.fetch import (
 from mamoru.check.report import Finding
 from mamoru.check.target import Target, authority, request_target, same_host, www_variant
 from mamoru.check.tls import Deadline
+from mamoru.i18n import _
 
 
 def check_http_redirect(target: Target, address: tuple[str, int], timeout: float) -> Finding:
@@ -30,7 +31,7 @@ def check_http_redirect(target: Target, address: tuple[str, int], timeout: float
     hops: list[dict[str, object]] = []
     permanent = True
     path = target.path
-    for _ in range(MAX_REDIRECTS + 1):
+    for _hop in range(MAX_REDIRECTS + 1):
         deadline = budget.sub(timeout)
         try:
             response = http_get(address, target.host, path, deadline)
@@ -82,10 +83,11 @@ def check_http_redirect(target: Target, address: tuple[str, int], timeout: float
         return Finding(
             "http.redirect",
             "problem",
-            f"{url} shows the site over plain, unencrypted HTTP instead of sending visitors "
-            "to https://.",
-            "Make the port-80 site redirect everything permanently: nginx: return 301 "
-            "https://$host$request_uri; Apache: Redirect permanent / https://<site>/",
+            _("{url} shows the site over plain, unencrypted HTTP instead of sending visitors "
+              "to https://: patients who type the address see \"Not secure\" in the address "
+              "bar, and what they enter is sent unencrypted.").format(url=url),
+            _("Make the port-80 site redirect everything permanently: nginx: return 301 "
+              "https://$host$request_uri; Apache: Redirect permanent / https://<site>/"),
             {"hops": hops, "expected": expected},
         )
     return Finding(
@@ -144,26 +146,32 @@ def _judge_redirect(
     got_path = request_target(parts.path or "/", parts.query)
     notes: list[str] = []
     if not same_port:
-        notes.append(f"it goes to port {parts.port or 443} instead of {target.port}")
+        notes.append(_("it goes to port {got} instead of {wanted}").format(
+            got=parts.port or 443, wanted=target.port))
     if got_path != target.path:
-        notes.append(f"it goes to {got_path} instead of the same page {target.path}")
+        notes.append(_("it goes to {got} instead of the same page {wanted}").format(
+            got=got_path, wanted=target.path))
     if not permanent:
-        notes.append(
-            "it is temporary (302/303/307), so browsers and search engines keep using http://"
-        )
+        notes.append(_(
+            "it is temporary (302/303/307): patients' browsers still follow it to https:// "
+            "(and once they have stored the site's HSTS they go there directly), but search "
+            "engines keep listing the http:// address"
+        ))
     if not notes:
         return Finding(
             "http.redirect",
             "ok",
-            f"http://{target.host}{target.path} redirects permanently to {resolved}.",
+            _("{url} redirects permanently to {target}.").format(
+                url=f"http://{target.host}{target.path}", target=resolved),
             details=details,
         )
     return Finding(
         "http.redirect",
         "warning",
-        f"http://{target.host}{target.path} redirects to https, but " + "; ".join(notes) + ".",
-        "Use a permanent redirect that keeps the page: nginx: return 301 "
-        "https://$host$request_uri; Apache: Redirect permanent / https://<site>/",
+        _("{url} redirects to https, but {notes}.").format(
+            url=f"http://{target.host}{target.path}", notes=_("; ").join(notes)),
+        _("Use a permanent redirect that keeps the page: nginx: return 301 "
+          "https://$host$request_uri; Apache: Redirect permanent / https://<site>/"),
         details,
     )
 
@@ -197,8 +205,9 @@ def check_acme_challenge(target: Target, address: tuple[str, int], timeout: floa
             return Finding(
                 "http.acme-challenge",
                 "ok",
-                f"Validation requests are redirected to {resolved} on the same site; the "
-                "certificate authority follows that, so HTTP validation still works.",
+                _("Validation requests are redirected to {url} on the same site; the "
+                  "certificate authority follows that, so HTTP validation still works.").format(
+                      url=resolved),
                 details=details,
             )
         return Finding(
@@ -228,13 +237,14 @@ def check_acme_challenge(target: Target, address: tuple[str, int], timeout: floa
             details,
         )
     said = (
-        "not found (expected for a made-up file)"
+        _("not found (expected for a made-up file)")
         if response.status == 404
         else (f"{response.status} {response.reason}".strip())
     )
     return Finding(
         "http.acme-challenge",
         "ok",
-        f"Validation requests reach {target.host} itself ({said}).",
+        _("Validation requests reach {host} itself ({status}).").format(host=target.host,
+                                                                       status=said),
         details=details,
     )

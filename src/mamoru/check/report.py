@@ -30,6 +30,10 @@ What is checked, by id (and the module that decides it):
     The HTTPS response carries ``Strict-Transport-Security`` with a useful max-age.
 ``mixed-content`` (mixed_content)
     The HTML page does not load scripts, styles, frames, images... over ``http://``.
+``browser`` (browser; only with ``--browser`` or ``check.browser``)
+    What a real headless Chromium showed after typing ``http://host/``: the lock, a full-page
+    certificate error and its name, blocked/broken mixed content (what scripts insert after
+    load too), a warning at Send for an ``http://`` form; whether HSTS was stored.
 
 Checks that cannot run (because the site is unreachable, say) are left out of the report; the
 finding that stopped them explains why.
@@ -38,10 +42,14 @@ finding that stopped them explains why.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import textwrap
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from mamoru.i18n import _, ngettext
 
 Status = Literal["ok", "warning", "problem"]
 
@@ -58,6 +66,7 @@ CHECK_IDS: tuple[str, ...] = (
     "http.acme-challenge",
     "hsts",
     "mixed-content",
+    "browser",
 )
 """Every check id a report can hold, in report order."""
 
@@ -116,6 +125,46 @@ def plural(n: int, word: str) -> str:
 _MARKS: dict[str, str] = {"ok": "✓", "warning": "!", "problem": "✗"}
 
 
+# Ideographic full stop and comma, fullwidth comma and full stop, closing brackets.
+_NO_LINE_START = frozenset("\u3002\u3001\uff0c\uff0e\uff09\u300d\u300f")
+# Fullwidth opening parenthesis and corner brackets.
+_NO_LINE_END = frozenset("\uff08\u300c\u300e")
+
+
+def _wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
+def _width(text: str) -> int:
+    return sum(2 if _wide(c) else 1 for c in text)
+
+
+def wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    """`text` in lines of at most `width` terminal columns, the first starting with `first`,
+    the others with `rest`. Breaks at spaces and between wide (Japanese) characters, never
+    inside a run of other characters, so host names, URLs and commands stay copyable."""
+    if not any(_wide(c) for c in text):
+        return textwrap.wrap(text, width=width, initial_indent=first, subsequent_indent=rest,
+                             break_long_words=False, break_on_hyphens=False) or [first.rstrip()]
+    # Tokens: a wide character alone, a run of spaces, or a run of anything else.
+    tokens = re.findall(r"[\u1100-\uffff]| +|[^ \u1100-\uffff]+", text)
+    lines: list[str] = []
+    line = first
+    for token in tokens:
+        if token.isspace():
+            if line.strip():
+                line += " "
+            continue
+        # Japanese line-breaking rules: no closing mark starts a line, no opening one ends it.
+        if (_width(line) + _width(token) > width and line not in (first, rest)
+                and token not in _NO_LINE_START and line[-1] not in _NO_LINE_END):
+            lines.append(line.rstrip())
+            line = rest
+        line += token
+    lines.append(line.rstrip())
+    return lines
+
+
 def render_table(reports: Sequence[TargetReport], *, width: int = 100) -> str:
     """A compact human-readable table: per target a header line, then one row per finding
     with a mark (✓ ok, ! warning, ✗ problem), the check id and the message, and the fix on
@@ -125,40 +174,22 @@ def render_table(reports: Sequence[TargetReport], *, width: int = 100) -> str:
     lines: list[str] = []
     for report in reports:
         counts = {s: sum(1 for f in report.findings if f.status == s) for s in _MARKS}
-        summary = (
-            ", ".join(
-                plural(counts[s], label)
-                for s, label in (("problem", "problem"), ("warning", "warning"))
-                if counts[s]
-            )
-            or "all good"
-        )
+        said = []
+        if counts["problem"]:
+            said.append(ngettext("{n} problem", "{n} problems", counts["problem"]).format(
+                n=counts["problem"]))
+        if counts["warning"]:
+            said.append(ngettext("{n} warning", "{n} warnings", counts["warning"]).format(
+                n=counts["warning"]))
+        summary = _(", ").join(said) or _("all good")
         lines.append(f"{report.url}  [{summary}]")
         for finding in report.findings:
             head = f"  {_MARKS[finding.status]} {finding.check:<{id_width}}"
             # Never split inside a word: header names and URLs must stay copyable.
-            lines.extend(
-                textwrap.wrap(
-                    finding.message,
-                    width=width,
-                    initial_indent=head,
-                    subsequent_indent=indent,
-                    break_long_words=False,
-                    break_on_hyphens=False,
-                )
-                or [head.rstrip()]
-            )
+            lines.extend(wrap(finding.message, width, head, indent))
             if finding.fix:
-                lines.extend(
-                    textwrap.wrap(
-                        "Fix: " + finding.fix,
-                        width=width,
-                        initial_indent=indent,
-                        subsequent_indent=indent,
-                        break_long_words=False,
-                        break_on_hyphens=False,
-                    )
-                )
+                lines.extend(wrap(_("Fix: {fix}").format(fix=finding.fix), width, indent,
+                                  indent))
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

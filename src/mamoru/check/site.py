@@ -28,10 +28,12 @@ def local_addresses(site: Site) -> tuple[tuple[str, int] | None, tuple[str, int]
 
 def check_site(site: Site, version: CertVersion | None, *, ca_bundle: str | None,
                timeout: float, connect: tuple[str, int] | None = None,
-               http_connect: tuple[str, int] | None = None, local: bool = False
-               ) -> list[TargetReport]:
+               http_connect: tuple[str, int] | None = None, local: bool = False,
+               browser: bool = False) -> list[TargetReport]:
     """Check every name of `site` (concurrently). With `local`, talk to this machine's server
-    (the configured verify/listen addresses) instead of whatever DNS says."""
+    (the configured verify/listen addresses) instead of whatever DNS says. With `browser`,
+    each name is also loaded in a real headless Chromium (one after the other), adding a
+    `browser` finding; a missing Chromium is a warning saying how to install it."""
     if local:
         local_https, local_http = local_addresses(site)
         connect = connect or local_https
@@ -48,4 +50,11 @@ def check_site(site: Site, version: CertVersion | None, *, ca_bundle: str | None
                          http_connect=http_connect, expected_cert_pem=expected, timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(names)))) as pool:
-        return list(pool.map(one, names))
+        reports = list(pool.map(one, names))
+    if browser:
+        from mamoru.check.browser import add_browser_findings
+
+        add_browser_findings(reports, ca_bundle=ca_bundle, connect=connect,
+                             http_connect=http_connect, timeout=max(timeout * 3, 15.0),
+                             missing_is_problem=False)
+    return reports

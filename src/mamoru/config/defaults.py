@@ -79,6 +79,9 @@ RENEWAL_JITTER_FRACTION: Final = 0.1
 ALERTS_AFTER_FAILURES: Final = 1
 ALERTS_DAYS_LEFT: Final = 7
 ALERTS_REMIND_HOURS: Final = 24
+# The language of alert summaries: whoever reads the alert mail, not the daemon's locale.
+ALERTS_LANGUAGE: Final = "en"
+ALERT_LANGUAGES: Final = ("en", "ja")
 EMAIL_PORT: Final = 587  # SMTP submission
 EMAIL_STARTTLS: Final = True
 EMAIL_TLS: Final = False  # implicit TLS from the first byte (SMTPS)
@@ -89,6 +92,8 @@ ALERT_TIMEOUT: Final = 10
 # --- check: ---------------------------------------------------------------------------------------
 CHECK_AFTER_INSTALL: Final = True
 CHECK_TIMEOUT: Final = 5.0  # seconds per connection
+# The check after install also loads each name in a real headless Chromium (check/browser.py).
+CHECK_BROWSER: Final = False
 
 # --- what a loaded config carries besides the keys ------------------------------------------------
 WARNINGS: Final[tuple[str, ...]] = ()  # a config read without remarks has none

@@ -197,6 +197,7 @@ class AlertSettings:
     after_failures: int = D.ALERTS_AFTER_FAILURES
     days_left: float = D.ALERTS_DAYS_LEFT
     remind_hours: float = D.ALERTS_REMIND_HOURS
+    language: str = D.ALERTS_LANGUAGE  # of the alert summary (email subject, webhook summary)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ class CheckSettings:
     after_install: bool = D.CHECK_AFTER_INSTALL
     ca_bundle: str | None = None  # trust for the check; default: the system store
     timeout: float = D.CHECK_TIMEOUT
+    browser: bool = D.CHECK_BROWSER  # also load each name in a real headless Chromium
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ def _alerts(m: Fields, file_mode: int | None) -> AlertSettings:
         days_left=m.number("days_left", D.ALERTS_DAYS_LEFT, minimum=0, maximum=365),
         remind_hours=m.number("remind_hours", D.ALERTS_REMIND_HOURS, minimum=1,
                               maximum=24 * 30),
+        language=m.text("language", D.ALERTS_LANGUAGE, choices=D.ALERT_LANGUAGES),
     )
     m.finish()
     return out
@@ -274,6 +275,7 @@ def _check(m: Fields) -> CheckSettings:
         after_install=m.flag("after_install", D.CHECK_AFTER_INSTALL),
         ca_bundle=m.path_value("ca_bundle", None),
         timeout=m.number("timeout", D.CHECK_TIMEOUT, minimum=0.5, maximum=120),
+        browser=m.flag("browser", D.CHECK_BROWSER),
     )
     m.finish()
     return out

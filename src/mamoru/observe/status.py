@@ -15,12 +15,14 @@ parsed from certificates (meta.json holds what status shows).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mamoru.clock import parse_time
 from mamoru.config.model import Settings, Site
+from mamoru.i18n import N_, _, ngettext
 from mamoru.observe.danger import danger_threshold
 from mamoru.observe.events import iso, scrub
 from mamoru.observe.messages import plural
@@ -47,6 +49,8 @@ class SiteStatus:
     verified: bool | None = None  # None: nothing to verify (no web server configured)
     ari: dict[str, Any] | None = None
     danger: list[str] = field(default_factory=list)
+    # The same reasons in the reader's language, for the table (the JSON keeps `danger` English).
+    danger_said: list[str] = field(default_factory=list)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -118,27 +122,37 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
     if ari is not None:
         ari = {k: ari.get(k) for k in ("start", "end", "retry_after", "explanation_url")}
 
-    danger = []
+    danger: list[str] = []
+    said: list[str] = []
+
+    def reason(english: str, words: str, **values: object) -> None:
+        danger.append(english.format(**values))
+        said.append(words.format(**values))
+
     if last is not None and _went_wrong(last):
-        danger.append(f"last attempt {last.get('outcome')}: {last.get('error_class') or 'error'}")
+        reason("last attempt {outcome}: {error}", _("last attempt {outcome}: {error}"),
+               outcome=last.get("outcome"), error=last.get("error_class") or "error")
     revoked = state.get("revoked")
     if version is None:
-        danger.append("no certificate")
+        reason("no certificate", _("no certificate"))
     elif isinstance(revoked, dict) and revoked.get("serial") == meta.get("serial"):
-        danger.append("the live certificate was revoked")  # browsers may refuse it
+        # browsers may refuse it
+        reason("the live certificate was revoked", _("the live certificate was revoked"))
     if version is not None and not_after is not None and not_before is not None:
         left = not_after - now
         if left <= timedelta(0):
-            danger.append("certificate expired")
+            reason("certificate expired", _("certificate expired"))
         elif left < danger_threshold(not_after - not_before):
-            danger.append(f"{_span(left)} left, under 1/6 of its lifetime")
+            reason("{left} left, under 1/6 of its lifetime",
+                   _("{left} left, under 1/6 of its lifetime"), left=_span(left))
     return SiteStatus(
         site=site.name, names=list(meta.get("names") or site.domains),
         serial=meta.get("serial"), issuer=meta.get("issuer"),
         not_before=not_before, not_after=not_after,
         next_renewal=next_renewal, why=why, last_attempt=last,
         last_success=parse_time(state.get("last_success")), failures=failures,
-        installed=installed, verified=verified, ari=ari, danger=danger, now=now)
+        installed=installed, verified=verified, ari=ari, danger=danger, danger_said=said,
+        now=now)
 
 
 def _went_wrong(last: dict[str, Any] | None) -> bool:
@@ -157,7 +171,7 @@ def _next_renewal(site: Site, state: dict[str, Any], failures: int,
     if due is not None:
         return due, str(state.get("why") or "")
     if not_before is None or not_after is None:
-        return now, "no certificate yet"
+        return now, N_("no certificate yet")
     # No schedule recorded (a certificate put in place by hand): the renewal policy itself,
     # unjittered, for a certificate that is what the config asks for.
     names = frozenset(site.domains)
@@ -182,10 +196,12 @@ def exit_code(rows: list[SiteStatus]) -> int:
 
 def danger_summary(rows: list[SiteStatus]) -> str:
     """One line naming every site in danger and why ('' when none is)."""
-    bad = [f"{row.site} ({'; '.join(row.danger)})" for row in rows if row.danger]
+    bad = [f"{row.site} ({_('; ').join(row.danger_said or row.danger)})" for row in rows
+           if row.danger]
     if not bad:
         return ""
-    return f"{plural(len(bad), 'site')} in danger: {', '.join(bad)}"
+    return ngettext("{n} site in danger: {sites}", "{n} sites in danger: {sites}",
+                    len(bad)).format(n=len(bad), sites=_(", ").join(bad))
 
 
 def to_json(rows: list[SiteStatus]) -> dict[str, Any]:
@@ -228,8 +244,8 @@ def _row(row: SiteStatus) -> list[str]:
     else:
         expires = "-"
     if row.next_renewal is not None:
-        when = "now" if row.next_renewal <= row.now else f"{row.next_renewal:%Y-%m-%d %H:%M}"
-        renewal = f"{when} ({row.why})" if row.why else when
+        when = _("now") if row.next_renewal <= row.now else f"{row.next_renewal:%Y-%m-%d %H:%M}"
+        renewal = f"{when} ({_(row.why)})" if row.why else when
     else:
         renewal = "-"
     last = row.last_attempt
@@ -243,31 +259,41 @@ def _row(row: SiteStatus) -> list[str]:
     else:
         attempt = "-"
     if not row.installed:
-        served = "no"
+        served = _("no")
     elif row.verified is None:
-        served = "installed"
+        served = _("installed")
     else:
-        served = "verified" if row.verified else "installed, not verified"
-    state = "DANGER" if row.danger else "ok"
+        served = _("verified") if row.verified else _("installed, not verified")
+    state = _("DANGER") if row.danger else _("ok")
     return [row.site, names, _cut(row.serial or "-", 12), _cut(_short_issuer(row.issuer), 24),
             expires, _cut(renewal, 60), _cut(attempt, 44), served, state]
 
 
-HEADER = ["SITE", "NAMES", "SERIAL", "ISSUER", "EXPIRES", "NEXT RENEWAL", "LAST ATTEMPT",
-          "SERVED", "STATE"]
+HEADER = [N_("SITE"), N_("NAMES"), N_("SERIAL"), N_("ISSUER"), N_("EXPIRES"),
+          N_("NEXT RENEWAL"), N_("LAST ATTEMPT"), N_("SERVED"), N_("STATE")]
+
+
+def _cells(width: int, text: str) -> str:
+    """`text` padded to `width` terminal columns (a Japanese character takes two)."""
+    shown = sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+    return text + " " * max(0, width - shown)
+
+
+def _columns(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
 
 
 def render_table(rows: list[SiteStatus]) -> str:
     """A plain-text table (times UTC), then the reasons and last errors of sites in danger."""
-    cells = [HEADER] + [_row(r) for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+    cells = [[_(h) for h in HEADER]] + [_row(r) for r in rows]
+    widths = [max(_columns(line[i]) for line in cells) for i in range(len(HEADER))]
+    lines = ["  ".join(_cells(w, c) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in cells]
     troubled = [r for r in rows if r.danger]
     if troubled:
         lines.append("")
         for row in troubled:
-            lines.append(f"{row.site}: {'; '.join(row.danger)}")
+            lines.append(f"{row.site}: {_('; ').join(row.danger_said or row.danger)}")
             last = row.last_attempt or {}
             if _went_wrong(last):
                 said = last.get("detail") or last.get("message")

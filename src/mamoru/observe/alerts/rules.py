@@ -33,6 +33,7 @@ from typing import Any
 
 from mamoru.clock import parse_time
 from mamoru.config.model import AlertSettings
+from mamoru.i18n import translations
 from mamoru.observe.alerts.channels import Alert, Delivery
 from mamoru.observe.alerts.record import Record, drop_if_empty, site_entries
 from mamoru.observe.danger import danger_threshold, is_failure
@@ -56,9 +57,11 @@ def expiry_threshold(days_left: float, lifetime: timedelta) -> timedelta:
     return min(timedelta(days=days_left), danger_threshold(lifetime))
 
 
-def _left(delta: timedelta) -> str:
+def _left(delta: timedelta, _: Callable[[str], str] = str) -> str:
     days = delta.total_seconds() / 86400
-    return f"{days:.1f} days" if days >= 1 else f"{delta.total_seconds() / 3600:.1f} hours"
+    if days >= 1:
+        return _("{n} days").format(n=f"{days:.1f}")
+    return _("{n} hours").format(n=f"{delta.total_seconds() / 3600:.1f}")
 
 
 def facts(event: Event) -> dict[str, Any]:
@@ -80,35 +83,43 @@ def judge(event: Event, settings: AlertSettings, live: CertVersion | None,
     problems: dict[str, Alert] = {}
     resolved: set[str] = set()
     error_class = event.get("error_class")
+    _ = translations(settings.language).gettext  # the alert's reader, not the daemon's locale
     if event.kind == "verify-failed" or (event.kind == "failed"
                                          and error_class == "VerifyFailed"):
         problems["verify-failed"] = Alert(
-            "verify-failed", site, f"{site}: the web server does not serve the new "
-            "certificate", event.time, details=facts(event))
+            "verify-failed", site, _("{site}: the web server does not serve the new "
+                                     "certificate").format(site=site),
+            event.time, details=facts(event))
     elif (event.kind == "failed" and is_failure(error_class)) or (
             event.kind == "backoff" and error_class == "Interrupted"):
         # (an attempt the process never finished, found at the next start, counts too)
         attempt = event.get("attempt") or attempts() or 1
         if int(attempt) >= settings.after_failures:
             problems["failing"] = Alert(
-                "failing", site, f"{site}: certificate renewal failing ({error_class}, "
-                f"attempt {attempt})", event.time, details=facts(event))
+                "failing", site, _("{site}: certificate renewal failing ({error}, attempt "
+                                   "{attempt})").format(site=site, error=error_class,
+                                                        attempt=attempt),
+                event.time, details=facts(event))
     elif event.kind in SUCCESS_KINDS:
         resolved |= {"failing", "verify-failed"}
     elif event.kind == "check":
         if event.get("worst") == "problem":
             problems["site-check"] = Alert(
-                "site-check", site, f"{site}: patients' browsers see a problem: "
-                f"{event.message}", event.time, details=facts(event))
+                "site-check", site, _("{site}: patients' browsers see a problem: "
+                                      "{message}").format(site=site, message=event.message),
+                event.time, details=facts(event))
         else:
             resolved.add("site-check")
     if live is not None:
         left = live.not_after - event.time
         if left < expiry_threshold(settings.days_left, live.not_after - live.not_before):
-            what = "has expired" if left.total_seconds() <= 0 else f"expires in {_left(left)}"
+            when = f"{live.not_after:%Y-%m-%d %H:%M}"
+            summary = (_("{site}: certificate has expired ({when} UTC)")
+                       if left.total_seconds() <= 0 else
+                       _("{site}: certificate expires in {left} ({when} UTC)"))
             problems["expiring"] = Alert(
-                "expiring", site, f"{site}: certificate {what} "
-                f"({live.not_after:%Y-%m-%d %H:%M} UTC)", event.time,
+                "expiring", site, summary.format(site=site, left=_left(left, _), when=when),
+                event.time,
                 details={**facts(event), "serial": live.meta.get("serial"),
                          "names": live.names, "not_after": live.not_after,
                          "days_left": round(left.total_seconds() / 86400, 2)})
