@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("alert-test", "send a test alert through every configured channel", cmd_alert_test)
 
+    from mamoru.fleet.commands import add_parser as fleet_verbs  # light: no fleet extra needed
+
+    fleet_verbs(verbs)
+
     p = verb("revoke", "revoke a site's current certificate and put a new one in service",
              cmd_revoke)
     p.add_argument("site", metavar="SITE")
