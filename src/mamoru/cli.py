@@ -260,11 +260,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     rows = collect(settings)
+    fleet = None
+    if settings.fleet is not None:
+        from mamoru.observe.outbox import describe_lag, lag
+
+        fleet = lag(settings)
     try:
         if args.json:
-            print(json.dumps(to_json(rows), indent=2, ensure_ascii=False))
+            data = to_json(rows)
+            if fleet is not None:
+                data["fleet"] = fleet
+            print(json.dumps(data, indent=2, ensure_ascii=False))
         else:
             print(render_table(rows))
+            if fleet is not None:
+                print(describe_lag(fleet))
     except BrokenPipeError:  # `mamoru status | head`: the exit code still tells
         _stdout_gone()
     summary = danger_summary(rows)

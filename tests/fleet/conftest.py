@@ -44,10 +44,10 @@ def add_clinic(database: str) -> Callable[..., str]:
 def collectors(tmp_path: Path, database: str) -> Iterator[Callable[..., Collector]]:
     started: list[Collector] = []
 
-    def start(*extra: str, workdir: Path | None = None) -> Collector:
+    def start(*extra: str, workdir: Path | None = None, port: int = 0) -> Collector:
         where = workdir or tmp_path / f"collector{len(started)}"
         where.mkdir(exist_ok=True)
-        collector = Collector(where, database, *extra).start()
+        collector = Collector(where, database, *extra, port=port).start()
         started.append(collector)
         return collector
     yield start
@@ -63,3 +63,19 @@ def snapshot(site: str, **fields: Any) -> dict[str, Any]:
                             "consecutive_failures": 0}
     body.update(fields)
     return body
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Any]]:
+    """`mamoru run` processes (scripts/soak_daemon.py's harness), killed by PID at teardown."""
+    from tests.e2e.test_daemon import soak
+
+    started: list[Any] = []
+
+    def start(config: Path, log: Path, **kwargs: Any) -> Any:
+        daemon = soak.Daemon(config, log, **kwargs).start()
+        started.append(daemon)
+        return daemon
+    yield start
+    for daemon in started:
+        daemon.cleanup()

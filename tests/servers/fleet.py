@@ -18,18 +18,18 @@ from tests.servers.tls import make_ca, make_leaf
 
 
 class Collector:
-    def __init__(self, workdir: Path, database: str, *extra: str) -> None:
+    def __init__(self, workdir: Path, database: str, *extra: str, port: int = 0) -> None:
         self.workdir = workdir
         self.database = database
         self.extra = list(extra)
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = workdir / "collector.log"
-        ca = make_ca("mamoru fleet test CA")
         self.ca_pem = workdir / "vendor-ca.pem"
-        self.ca_pem.write_bytes(ca.cert_pem)
-        leaf = make_leaf(ca, ("localhost",), ("127.0.0.1",))
         self.cert, self.key = workdir / "collector.pem", workdir / "collector.key"
-        leaf.write(self.cert, self.key)
+        if not self.cert.exists():  # a restart in the same workdir keeps its certificate
+            ca = make_ca("mamoru fleet test CA")
+            self.ca_pem.write_bytes(ca.cert_pem)
+            make_leaf(ca, ("localhost",), ("127.0.0.1",)).write(self.cert, self.key)
         self.proc: Any = None
 
     @property
