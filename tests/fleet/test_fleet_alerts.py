@@ -98,7 +98,7 @@ def test_many_clinics_failing_the_same_way_are_one_digest(
                                 "problem_type": "urn:ietf:params:acme:error:serverInternal",
                                 "detail": "the CA is down"}, "consecutive_failures": 1}
     tokens = {f"clinic-{i}": add_clinic(f"clinic-{i}") for i in range(8)}
-    for name, token in list(tokens.items())[:6]:
+    for token in list(tokens.values())[:6]:
         report(collector, token, [snap(1, "www", **failing)])
     other = dict(failing, last_attempt=dict(failing["last_attempt"],
                                             problem_type="urn:ietf:params:acme:error:dns"))

@@ -23,6 +23,14 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("mamoru.fleet", "templates
                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
+def _when(value: str | None) -> str:
+    """An ISO time as 'YYYY-MM-DD HH:MM' (UTC), for people; the full value is the title."""
+    return value[:16].replace("T", " ") if value else "—"
+
+
+_ENV.filters["when"] = _when
+
+
 def _span(delta: timedelta | None) -> str:
     if delta is None:
         return ""
