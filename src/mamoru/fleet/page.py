@@ -44,12 +44,23 @@ def login_page(error: str | None) -> str:
     return _ENV.get_template("login.html").render(user=None, error=error)
 
 
-def overview(clinics: list[dict[str, Any]], filters: Filters, user: str, now: datetime) -> str:
+PAGE_ROWS = 300  # the most dangerous rows; a filter or ?all=1 shows the rest
+
+
+def overview(clinics: list[dict[str, Any]], filters: Filters, user: str, now: datetime,
+             *, everything: bool = False) -> str:
     sites = [s for c in clinics for s in c["sites"]]
+    shown, rows = [], 0
+    for clinic in clinics:  # already sorted by danger
+        if rows >= PAGE_ROWS and not everything:
+            break
+        shown.append(clinic)
+        rows += max(1, len(clinic["sites"]))
     silent = sum(1 for c in clinics
                  if c["silent_for_hours"] is None or c["silent_for_hours"] > SILENT_HOURS)
     return _ENV.get_template("overview.html").render(
-        clinics=clinics, user=user, now=now.strftime("%Y-%m-%d %H:%M UTC"), filters=filters,
+        clinics=shown, total_clinics=len(clinics), user=user,
+        now=now.strftime("%Y-%m-%d %H:%M UTC"), filters=filters,
         site_count=len(sites), failing=sum(1 for s in sites if s["failing_since"]),
         expiring=sum(1 for s in sites if s["danger"] and not s["failing_since"]),
         silent_count=silent, silent_hours=SILENT_HOURS,

@@ -312,7 +312,8 @@ async def overview(request: Request) -> Response:
     now = datetime.now(UTC)
     async with _connection(state) as conn:
         clinics = await _fetch(conn, now, filters)
-    return HTMLResponse(page.overview(clinics, filters, user, now),
+    return HTMLResponse(page.overview(clinics, filters, user, now,
+                                      everything=request.query_params.get("all") == "1"),
                         headers=page.SECURITY_HEADERS)
 
 

@@ -395,7 +395,9 @@ class FleetSink:
             try:
                 if self._take_pusher_lock():
                     self.snapshot_sites()
-                    self.push_once(timeout=min(self.fleet.timeout, left))
+                    # a one-shot command (no pusher thread) gives it a few seconds at most
+                    cap = self.fleet.timeout if self._thread is not None else 5.0
+                    self.push_once(timeout=min(cap, left))
             except Exception:  # closing must not fail a command
                 log.exception("the last fleet push failed")
         if self._pusher_fd is not None:
