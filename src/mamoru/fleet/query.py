@@ -22,13 +22,23 @@ class Filters:
     clinic: str | None = None
 
 
-_SQL = """
-SELECT c.name, c.last_report, c.silent_alerted, s.site, s.not_before, s.not_after,
-       s.last_renewal, s.next_renewal, s.failing_since, s.failure, s.problem_type,
-       s.consecutive_failures, s.reported, s.snapshot -> 'names'
+# Times come back as ISO 8601 text and the arithmetic is done in SQL: formatting 5,000 rows'
+# timestamps in Python costs more than the query itself.
+_T = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+_SQL = f"""
+SELECT c.name, {_T.format("c.last_report")},
+       round((extract(epoch FROM %(now)s - c.last_report) / 3600)::numeric, 2)::float8,
+       {_T.format("c.silent_alerted")}, s.site, {_T.format("s.not_before")},
+       {_T.format("s.not_after")}, {_T.format("s.last_renewal")}, {_T.format("s.next_renewal")},
+       {_T.format("s.failing_since")}, s.failure, s.problem_type, s.consecutive_failures,
+       {_T.format("s.reported")}, s.snapshot -> 'names',
+       round((extract(epoch FROM s.not_after - %(now)s) / 86400)::numeric, 2)::float8,
+       CASE WHEN s.not_after > s.not_before THEN round(greatest(0, extract(epoch FROM
+            s.not_after - %(now)s) / extract(epoch FROM s.not_after - s.not_before))::numeric,
+            3)::float8 END
   FROM clinic c LEFT JOIN site s ON s.clinic_id = c.id
- WHERE ({clinic} IS NULL OR c.name = {clinic})
-"""
+ WHERE ({{clinic}} IS NULL OR c.name = {{clinic}})
+"""  # noqa: S608 - built from constants only; every value is a parameter
 
 
 def fleet(conn: psycopg.Connection[Any], now: datetime, filters: Filters | None = None
@@ -61,37 +71,33 @@ def fleet_query(now: datetime, filters: Filters | None = None) -> tuple[str, dic
 def fleet_rows(rows: list[Any], now: datetime) -> list[dict[str, Any]]:
     """`fleet_query`'s rows as clinics with their sites, most dangerous first."""
     clinics: dict[str, dict[str, Any]] = {}
-    for (name, last_report, silent_alerted, site, not_before, not_after, last_renewal,
-         next_renewal, failing_since, failure, problem_type, failures, reported,
-         names) in rows:
-        clinic = clinics.setdefault(name, {
-            "clinic": name, "last_report": _iso(last_report),
-            "silent_for_hours": (round((now - last_report).total_seconds() / 3600, 2)
-                                 if last_report else None),
-            "silent_alerted": _iso(silent_alerted), "sites": []})
+    failing_text = "failing since "
+    for (name, last_report, silent_hours, silent_alerted, site, not_before, not_after,
+         last_renewal, next_renewal, failing_since, failure, problem_type, failures, reported,
+         names, days_left, fraction) in rows:
+        clinic = clinics.get(name)
+        if clinic is None:
+            clinic = clinics[name] = {
+                "clinic": name, "last_report": last_report, "silent_for_hours": silent_hours,
+                "silent_alerted": silent_alerted, "sites": []}
         if site is None:
             continue
-        days_left = fraction = None
-        if not_after is not None:
-            days_left = round((not_after - now).total_seconds() / 86400, 2)
-            if not_before is not None and not_after > not_before:
-                fraction = round(max(0.0, (not_after - now) / (not_after - not_before)), 3)
         danger = []
         if failing_since is not None:
-            danger.append(f"failing since {iso(failing_since)}")
+            danger.append(failing_text + failing_since)
         if not_after is None:
             danger.append("no certificate")
-        elif not_after <= now:
+        elif days_left is not None and days_left <= 0:
             danger.append("certificate expired")
         elif fraction is not None and fraction < DANGER_FRACTION:
             danger.append("under 1/6 of its lifetime left")
         clinic["sites"].append({
             "site": site, "names": names or [], "days_left": days_left,
-            "lifetime_left": fraction, "not_before": _iso(not_before),
-            "not_after": _iso(not_after), "last_renewal": _iso(last_renewal),
-            "next_renewal": _iso(next_renewal), "failing_since": _iso(failing_since),
+            "lifetime_left": fraction, "not_before": not_before,
+            "not_after": not_after, "last_renewal": last_renewal,
+            "next_renewal": next_renewal, "failing_since": failing_since,
             "failure": failure, "problem_type": problem_type,
-            "consecutive_failures": failures, "last_report": _iso(reported),
+            "consecutive_failures": failures, "last_report": reported,
             "danger": danger})
     out = list(clinics.values())
     for clinic in out:
