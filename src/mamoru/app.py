@@ -140,11 +140,15 @@ def dry_run(settings: Settings) -> DryRun:
 
 def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
               stderr: bool = True, event_log: bool = True, observers: bool = True,
-              serve_metrics: bool = False, clock: Clock = utcnow) -> App:
+              serve_metrics: bool = False, push_fleet: bool | None = None,
+              clock: Clock = utcnow) -> App:
     """The App for `settings`. `observers`: add the metrics sink (textfile) and the alert
     sink when the config sets them up; `serve_metrics`: also start the metrics HTTP endpoint
-    (the daemon only: one-shot commands must not take its port). Whoever builds an App calls
-    `app.events.close()` when done, so queued alerts go out and the textfile is final."""
+    (the daemon only: one-shot commands must not take its port). With `fleet:` configured,
+    every event also goes into the fleet outbox; `push_fleet` (default: with
+    `serve_metrics`, i.e. the daemon) also starts the thread that pushes it. Whoever builds
+    an App calls `app.events.close()` when done, so queued alerts go out and the textfile is
+    final."""
     events = Events(sinks or [], clock=clock)
     if stderr:
         events.add(StderrSink())
@@ -167,4 +171,11 @@ def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,
         alerts = build_alert_sink(settings.alerts, storage, events)
         if alerts is not None:
             events.add(alerts)
+    if observers and settings.fleet is not None:
+        from mamoru.observe.outbox import (
+            FleetSink,  # requests & co.: only when fleet reporting is set up
+        )
+
+        events.add(FleetSink(settings, storage, clock=clock,
+                             push=serve_metrics if push_fleet is None else push_fleet))
     return App(settings=settings, storage=storage, events=events, clock=clock)

@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore certbot's files from the backup taken before the import and "
                    "remove the imported sites")
 
+    from mamoru.fleet.commands import add_parser as fleet_verbs  # light: no fleet extra needed
+
+    fleet_verbs(verbs)
+
     p = verb("revoke", _("revoke a site's current certificate and put a new one in service"),
              cmd_revoke)
     p.add_argument("site", metavar="SITE")
@@ -382,11 +386,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     rows = collect(settings)
+    fleet = None
+    if settings.fleet is not None:
+        from mamoru.observe.outbox import describe_lag, lag
+
+        fleet = lag(settings)
     try:
         if args.json:
-            print(json.dumps(to_json(rows), indent=2, ensure_ascii=False))
+            data = to_json(rows)
+            if fleet is not None:
+                data["fleet"] = fleet
+            print(json.dumps(data, indent=2, ensure_ascii=False))
         else:
             print(render_table(rows))
+            if fleet is not None:
+                print(describe_lag(fleet))
     except BrokenPipeError:  # `mamoru status | head`: the exit code still tells
         _stdout_gone()
     summary = danger_summary(rows)

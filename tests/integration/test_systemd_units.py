@@ -84,7 +84,7 @@ def single(unit: Unit, section: str, key: str) -> str:
 # -- systemd-analyze security -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", [*SERVICES, "mamoru-fleet.service"])
 def test_security_exposure_is_at_most_2_5(analyze: str, name: str) -> None:
     # --threshold is on the 0..100 scale (10 x the printed level): 25 means 2.5.
     result = run([analyze, "security", "--offline=true", "--threshold=25", str(UNITS_DIR / name)])
@@ -117,7 +117,8 @@ def verify(analyze: str, tmp_path: Path, units: dict[str, str]) -> list[str]:
 
 
 def test_units_verify_cleanly(analyze: str, tmp_path: Path) -> None:
-    units = {name: (UNITS_DIR / name).read_text(encoding="utf-8") for name in ALL_UNITS}
+    units = {name: (UNITS_DIR / name).read_text(encoding="utf-8")
+             for name in (*ALL_UNITS, "mamoru-fleet.service")}
     assert verify(analyze, tmp_path, units) == []
 
 

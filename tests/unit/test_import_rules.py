@@ -19,37 +19,42 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "i18n": {"*"},  # every part may import it, so it imports nothing of mamoru's
     "config": {"protocol", "challenges", "storage", "renewal", "install", "check", "observe",
-               "service", "issuance", "pipeline", "app", "cli"},
+               "service", "issuance", "pipeline", "app", "cli", "fleet"},
     "storage": {"protocol", "challenges", "renewal", "install", "check", "observe", "service",
-                "issuance", "pipeline", "app", "cli"},
+                "issuance", "pipeline", "app", "cli", "fleet"},
     "renewal": {"protocol", "challenges", "install", "check", "observe", "service", "issuance",
-                "pipeline", "app", "cli"},
+                "pipeline", "app", "cli", "fleet"},
     "challenges": {"protocol", "renewal", "install", "check", "observe", "service", "issuance",
-                   "pipeline", "app", "cli"},
+                   "pipeline", "app", "cli", "fleet"},
     "protocol": {"renewal", "install", "check", "observe", "service", "issuance", "pipeline",
-                 "app", "cli"},
+                 "app", "cli", "fleet"},
     "install": {"protocol", "challenges", "renewal", "service", "issuance", "pipeline", "app",
-                "cli"},
+                "cli", "fleet"},
     "check": {"protocol", "challenges", "renewal", "install", "service", "issuance", "pipeline",
-              "app", "cli"},
+              "app", "cli", "fleet"},
     "observe": {"protocol", "challenges", "install", "check", "service", "issuance",
-                "pipeline", "app", "cli"},
-    "issuance": {"install", "check", "renewal", "service", "pipeline", "app", "cli"},
-    "app": {"install", "check", "service", "pipeline", "cli"},
-    "pipeline": {"service", "cli"},
-    "service": {"cli"},
+                "pipeline", "app", "cli", "fleet"},
+    "issuance": {"install", "check", "renewal", "service", "pipeline", "app", "cli", "fleet"},
+    "app": {"install", "check", "service", "pipeline", "cli", "fleet"},
+    "pipeline": {"service", "cli", "fleet"},
+    "service": {"cli", "fleet"},
+    # The vendor's side: it reuses config, observe (events, alert channels) and errors, and
+    # nothing of the clinic's renewal machinery; nothing but cli imports it.
+    "fleet": {"protocol", "challenges", "storage", "renewal", "install", "check", "service",
+              "issuance", "pipeline", "app", "cli"},
     "migrate": {"install", "renewal", "service", "observe", "check", "issuance", "pipeline",
-                "app", "cli"},
+                "app", "cli", "fleet"},
     # mamoru init runs before anything is configured: it reads the machine, then the config
     # loader checks what it wrote (src/mamoru/setup/__init__.py).
     "setup": {"protocol", "challenges", "storage", "renewal", "install", "check", "observe",
-              "service", "issuance", "pipeline", "app", "cli"},
+              "service", "issuance", "pipeline", "app", "cli", "fleet"},
 }
 # What a "*" part may still import.
 ALLOW_ALWAYS: set[str] = set()
 # Third-party packages only one part may import.
 ONLY_IN = {"acme": "protocol", "josepy": "protocol", "apscheduler": "service",
-           "configobj": "migrate"}
+           "configobj": "migrate", "starlette": "fleet", "uvicorn": "fleet", "psycopg": "fleet",
+           "psycopg_pool": "fleet", "jinja2": "fleet"}
 
 
 def modules() -> list[Path]:

@@ -95,6 +95,29 @@ CHECK_TIMEOUT: Final = 5.0  # seconds per connection
 # The check after install also loads each name in a real headless Chromium (check/browser.py).
 CHECK_BROWSER: Final = False
 
+# --- fleet: (reporting to the vendor's collector; clinic defaults to the host name) ---------
+FLEET_OUTBOX_DIR: Final = "fleet-outbox"  # the outbox: <paths.state>/fleet-outbox
+
+
+def fleet_clinic() -> str:
+    """fleet.clinic's default: this machine's host name (its first label)."""
+    import socket
+
+    return socket.gethostname().split(".")[0] or "clinic"
+
+
+
+# Minutes between snapshots of every site (a site is also snapshot after its events).
+FLEET_SNAPSHOT_MINUTES: Final = 60
+# Minutes between pushes when there is nothing to send (the vendor's dead man's switch).
+FLEET_HEARTBEAT_MINUTES: Final = 5
+# The outbox keeps at most this many bytes; past it the oldest unsent records go.
+FLEET_OUTBOX_MAX_BYTES: Final = 64 * 1024 * 1024
+# Records per HTTPS request.
+FLEET_BATCH: Final = 500
+# Seconds for one push (connect + answer).
+FLEET_TIMEOUT: Final = 20
+
 # --- what a loaded config carries besides the keys ------------------------------------------------
 WARNINGS: Final[tuple[str, ...]] = ()  # a config read without remarks has none
 

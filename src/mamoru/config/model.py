@@ -208,6 +208,23 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """Reporting to the vendor's fleet collector (mamoru.observe.outbox): every event and a
+    snapshot of each site go into a durable outbox on disk and are pushed over HTTPS."""
+
+    url: str
+    token: Secret
+    clinic: str
+    outbox: str  # directory of the outbox
+    ca_bundle: str | None = None  # trust for the collector's HTTPS; default: the system store
+    snapshot_minutes: float = D.FLEET_SNAPSHOT_MINUTES
+    heartbeat_minutes: float = D.FLEET_HEARTBEAT_MINUTES
+    outbox_max_bytes: int = D.FLEET_OUTBOX_MAX_BYTES
+    batch: int = D.FLEET_BATCH
+    timeout: float = D.FLEET_TIMEOUT
+
+
+@dataclass(frozen=True)
 class CheckSettings:
     """The browser's-eye check run after every install (mamoru.check.report)."""
 
@@ -228,6 +245,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
+    fleet: FleetSettings | None = None
     warnings: tuple[str, ...] = D.WARNINGS
 
     def site(self, name: str) -> Site:

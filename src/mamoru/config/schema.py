@@ -1,7 +1,7 @@
 """The sections of a mamoru config: which keys each holds, their types, ranges and defaults.
 
 `build()` reads a composed document section by section — acme, paths, renewal, alerts, metrics,
-check, sites (each site: domains, key, profile, challenge, server) — with the typed reader of
+check, fleet, sites (each site: domains, key, profile, challenge, server) — with the typed reader of
 `fields.py`, takes every default from `defaults.py`, and returns the `Settings` of `model.py`, or
 None when it recorded a problem. The rules that span keys live here too: webroot or standalone,
 a loopback standalone unless asked otherwise, no wildcard names for http-01, what nginx, Apache
@@ -11,6 +11,7 @@ and a reload command need.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from urllib.parse import SplitResult, urlsplit
 
@@ -24,9 +25,11 @@ from mamoru.config.model import (
     CheckSettings,
     Eab,
     EmailAlerts,
+    FleetSettings,
     MetricsSettings,
     Paths,
     RenewalSettings,
+    Secret,
     Server,
     Settings,
     Site,
@@ -52,6 +55,7 @@ def build(root: Node, problems: Problems, file_mode: int | None) -> Settings | N
     alerts = _alerts(top.sub("alerts"), file_mode)
     metrics = _metrics(top.sub("metrics"))
     check = _check(top.sub("check"))
+    fleet = _fleet(top.sub("fleet"), file_mode, paths)
     sites = list(_sites(top, file_mode))
     top.finish()
     if problems.errors:
@@ -65,6 +69,7 @@ def build(root: Node, problems: Problems, file_mode: int | None) -> Settings | N
         alerts=alerts,
         metrics=metrics,
         check=check,
+        fleet=fleet,
         warnings=tuple(str(w) for w in problems.warnings),
     )
 
@@ -266,6 +271,46 @@ def _http_url(url: str) -> bool:
 def _metrics(m: Fields) -> MetricsSettings:
     listen = m.address("listen", default_host=D.ADDRESS_HOST)
     out = MetricsSettings(listen=listen, textfile=m.path_value("textfile", None))
+    m.finish()
+    return out
+
+
+_CLINIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def _fleet(m: Fields, file_mode: int | None, paths: Paths) -> FleetSettings | None:
+    if not m.present:
+        m.finish()
+        return None
+    url = m.text("url")
+    if isinstance(url, str) and not (_http_url(url) and url.startswith("https://")):
+        m.error("url", f"{url!r} is not an https:// URL (the fleet collector is reached over "
+                "HTTPS only)")
+    token = read_secret(m, "token", "token_file", file_mode)
+    if token is None and not m.has("token") and not m.has("token_file"):
+        m.problems.error(m.line, "fleet.token_file", "is required (the file holding the token "
+                         "`mamoru fleet add-clinic` printed)")
+    clinic = m.text("clinic", None)
+    if clinic is None:
+        clinic = D.fleet_clinic()
+    if isinstance(clinic, str) and not _CLINIC.match(clinic):
+        m.error("clinic", f"{clinic!r} is not a clinic name (letters, digits, '.', '_', '-')")
+    state = paths.state if isinstance(paths.state, str) else D.PATHS_STATE
+    out = FleetSettings(
+        url=url.rstrip("/") if isinstance(url, str) else "",
+        token=token or Secret(""),
+        clinic=clinic if isinstance(clinic, str) else "",
+        outbox=m.path_value("outbox", None) or os.path.join(state, D.FLEET_OUTBOX_DIR),
+        ca_bundle=m.path_value("ca_bundle", None),
+        snapshot_minutes=m.number("snapshot_minutes", D.FLEET_SNAPSHOT_MINUTES, minimum=1,
+                                  maximum=24 * 60),
+        heartbeat_minutes=m.number("heartbeat_minutes", D.FLEET_HEARTBEAT_MINUTES,
+                                   minimum=0.05, maximum=24 * 60),
+        outbox_max_bytes=m.number("outbox_max_bytes", D.FLEET_OUTBOX_MAX_BYTES,
+                                  minimum=64 * 1024, maximum=2**40, integer=True),
+        batch=m.number("batch", D.FLEET_BATCH, minimum=1, maximum=1000, integer=True),
+        timeout=m.number("timeout", D.FLEET_TIMEOUT, minimum=1, maximum=300),
+    )
     m.finish()
     return out
 
