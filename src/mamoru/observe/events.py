@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from mamoru.clock import utcnow
 from mamoru.observe.messages import render
 
 # kind -> syslog priority (RFC 5424): 3 err, 4 warning, 5 notice, 6 info, 7 debug.
@@ -130,12 +132,17 @@ class EventSink(Protocol):
 class Events:
     """Fans events out to sinks; a failing sink is logged, never breaks the pipeline.
 
-    `clock` stamps each event (tests inject one to live through a certificate's lifetime)."""
+    `clock` stamps each event (tests inject one to live through a certificate's lifetime).
+    Events from many threads are stamped and handed out one at a time, so every sink sees them
+    in the same order (the JSONL log's order is the outbox's and the journal's); sinks do not
+    block, so the lock is held only for the hand-over. Re-entrant: a sink that emits from its
+    own emit does not deadlock."""
 
     def __init__(self, sinks: Iterable[EventSink] = (),
                  clock: Callable[[], datetime] | None = None) -> None:
         self.sinks = list(sinks)
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
+        self._order = threading.RLock()
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
@@ -151,13 +158,15 @@ class Events:
         level = fields.pop("level", -1)  # an explicit syslog priority overrides the kind's
         present = {k: v for k, v in fields.items() if v is not None}
         text = message if message is not None else render(kind, present, site=site)
-        event = Event(kind, site, scrub(text), scrub(present), time=self.clock(),
-                      level=int(level) if level is not None else -1)
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except Exception:  # a sink must never stop a renewal
-                logging.getLogger(__name__).exception("event sink %r failed", sink)
+        clean, words = scrub(present), scrub(text)
+        with self._order:
+            event = Event(kind, site, words, clean, time=self.clock(),
+                          level=int(level) if level is not None else -1)
+            for sink in self.sinks:
+                try:
+                    sink.emit(event)
+                except Exception:  # a sink must never stop a renewal
+                    logging.getLogger(__name__).exception("event sink %r failed", sink)
         return event
 
     def close(self, timeout: float = 10.0) -> None:
