@@ -122,20 +122,23 @@ def dry_run(settings: Settings) -> DryRun:
     production rate limit touched. Any other CA: the order and its validations are real, but
     it is not finalized, so no certificate is issued."""
     from mamoru.config.defaults import DIRECTORIES
+    from mamoru.i18n import _
 
     production, staging = DIRECTORIES["letsencrypt"], DIRECTORIES["letsencrypt-staging"]
     directory = settings.acme.directory
     if directory == production:
         moved = dataclasses.replace(settings, acme=dataclasses.replace(settings.acme,
                                                                        directory=staging))
-        return DryRun(moved, True, "dry run: using Let's Encrypt staging instead of production "
-                      f"({staging}); the staging certificate is obtained and discarded, and no "
-                      "production rate limit is touched")
+        return DryRun(moved, True, _(
+            "dry run: using Let's Encrypt staging instead of production ({staging}); the "
+            "staging certificate is obtained and discarded, and no production rate limit is "
+            "touched").format(staging=staging))
     if directory == staging:
-        return DryRun(settings, True, "dry run at Let's Encrypt staging: the certificate is "
-                      "obtained and discarded")
-    return DryRun(settings, False, f"dry run: the order at {urlsplit(directory).netloc} is "
-                  "validated but not finalized, so no certificate is issued and nothing changes")
+        return DryRun(settings, True, _("dry run at Let's Encrypt staging: the certificate is "
+                                        "obtained and discarded"))
+    return DryRun(settings, False, _(
+        "dry run: the order at {host} is validated but not finalized, so no certificate is "
+        "issued and nothing changes").format(host=urlsplit(directory).netloc))
 
 
 def build_app(settings: Settings, *, sinks: list[EventSink] | None = None,

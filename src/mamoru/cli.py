@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mamoru import i18n  # light (gettext only); main sets the language before anything speaks
+
 if TYPE_CHECKING:
     from mamoru.app import App
     from mamoru.config.model import Settings, Site
@@ -85,27 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     verb("check-config", _("validate the config and list every problem with its line"),
          cmd_check_config)
 
-    p = verb("check-dns", "prove mamoru can write, see on every authoritative nameserver and "
-             "remove a TXT record for each dns-01 name of a site (before its first order)",
+    p = verb("check-dns", _("prove mamoru can write, see on every authoritative nameserver and "
+             "remove a TXT record for each dns-01 name of a site (before its first order)"),
              cmd_check_dns)
     p.add_argument("sites", nargs="*", metavar="SITE",
-                   help="sites to check (default: every site with dns-01 names)")
+                   help=_("sites to check (default: every site with dns-01 names)"))
 
-    p = verb("init", "write a first config by looking at this machine (never replaces one)",
+    p = verb("init", _("write a first config by looking at this machine (never replaces one)"),
              cmd_init)
     p.add_argument("-d", "--domain", dest="domains", action="append", default=[],
-                   metavar="NAME", help="a name on the certificate (repeat; asked if omitted "
-                   "and a terminal is attached)")
-    p.add_argument("--contact", metavar="EMAIL", help="address the CA may write to")
+                   metavar="NAME", help=_("a name on the certificate (repeat; asked if omitted "
+                   "and a terminal is attached)"))
+    p.add_argument("--contact", metavar="EMAIL", help=_("address the CA may write to"))
     p.add_argument("--server", choices=("nginx", "apache"),
-                   help="the web server (default: the one that runs here)")
+                   help=_("the web server (default: the one that runs here)"))
     p.add_argument("--directory", metavar="URL", default="letsencrypt",
-                   help="the CA: letsencrypt (default), letsencrypt-staging, or a URL")
-    p.add_argument("--ca-bundle", metavar="PEM", help="trust this bundle for the CA's TLS")
+                   help=_("the CA: letsencrypt (default), letsencrypt-staging, or a URL"))
+    p.add_argument("--ca-bundle", metavar="PEM", help=_("trust this bundle for the CA's TLS"))
     p.add_argument("--https-listen", metavar="[ADDR:]PORT", default="443",
-                   help="the site's HTTPS address (default 443)")
+                   help=_("the site's HTTPS address (default 443)"))
     p.add_argument("--http-listen", metavar="[ADDR:]PORT",
-                   help="the site's plain-HTTP address (default: the default site's, else 80)")
+                   help=_("the site's plain-HTTP address (default: the default site's, else 80)"))
 
     p = verb("check", _("look at live sites the way a patient's browser does"), cmd_check)
     p.add_argument("targets", nargs="*", metavar="URL|SITE",
@@ -136,20 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("alert-test", _("send a test alert through every configured channel"), cmd_alert_test)
 
-    p = verb("import-certbot", "take over certbot's lineages: certificates, account and "
-             "renewals (the /etc/letsencrypt/live/ paths keep working); --undo gives them back",
+    p = verb("import-certbot", _("take over certbot's lineages: certificates, account and "
+             "renewals (the /etc/letsencrypt/live/ paths keep working); --undo gives them back"),
              cmd_import_certbot)
     p.add_argument("--from", dest="from_dir", metavar="DIR", default="/etc/letsencrypt",
-                   help="certbot's config directory (default: /etc/letsencrypt)")
+                   help=_("certbot's config directory (default: /etc/letsencrypt)"))
     p.add_argument("--write-config", metavar="FILE",
-                   help="write the imported sites as a mamoru config file (never over an "
-                   "existing file without --force)")
-    p.add_argument("--force", action="store_true", help="let --write-config replace FILE")
+                   help=_("write the imported sites as a mamoru config file (never over an "
+                   "existing file without --force)"))
+    p.add_argument("--force", action="store_true", help=_("let --write-config replace FILE"))
     p.add_argument("--dry-run", action="store_true",
-                   help="show what would be imported and the config; change nothing")
+                   help=_("show what would be imported and the config; change nothing"))
     p.add_argument("--undo", action="store_true",
-                   help="restore certbot's files from the backup taken before the import and "
-                   "remove the imported sites")
+                   help=_("restore certbot's files from the backup taken before the import and "
+                   "remove the imported sites"))
 
     from mamoru.fleet.commands import add_parser as fleet_verbs  # light: no fleet extra needed
 
@@ -164,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_("only revoke: do not order a replacement (the site keeps serving the "
                    "revoked certificate until the next provision)"))
     return parser
+
+
+def _status_word(status: str) -> str:
+    """An outcome's status for a person (the JSON summary keeps the English word)."""
+    from mamoru.i18n import N_, _
+
+    words = {"issued": N_("issued"), "renewed": N_("renewed"), "reinstalled": N_("reinstalled"),
+             "revoked": N_("revoked")}
+    return _(words[status]) if status in words else status
 
 
 REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4,
@@ -229,8 +240,8 @@ def _stop_on_signals(app: App) -> Callable[[], None]:
     def handler(signum: int, _frame: object) -> None:
         if app.stop.is_set():
             raise KeyboardInterrupt
-        print(f"mamoru: {signal.Signals(signum).name}: stopping after cleanup "
-              "(again to interrupt at once)", file=sys.stderr)
+        print(i18n._("mamoru: {signal}: stopping after cleanup (again to interrupt at "
+                     "once)").format(signal=signal.Signals(signum).name), file=sys.stderr)
         app.stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -276,8 +287,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
         for outcome in outcomes:
             if outcome.version is not None and outcome.status in ("issued", "renewed",
                                                                    "reinstalled"):
-                print(f"{outcome.site}: {outcome.status} — "
-                      f"{outcome.version.file('fullchain.pem')}")
+                print(i18n._("{site}: {status} — {file}").format(
+                    site=outcome.site, status=_status_word(outcome.status),
+                    file=outcome.version.file("fullchain.pem")))
     return EXIT_OK if all(o.ok for o in outcomes) else EXIT_FAILED
 
 
@@ -301,20 +313,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     refuse_existing(path)
     domains, contact = list(args.domains), args.contact
     if not domains and sys.stdin.isatty():
-        domains = ask("Names on the certificate (space-separated): ").split()
-        contact = contact or ask("Contact e-mail for the CA (empty: none): ") or None
+        domains = ask(i18n._("Names on the certificate (space-separated): ")).split()
+        contact = contact or ask(i18n._("Contact e-mail for the CA (empty: none): ")) or None
     if not domains:
-        raise UsageError("init needs the site's names: mamoru init -d clinic.example "
-                         "[-d www.clinic.example] [--contact EMAIL]")
+        raise UsageError(i18n._("init needs the site's names: mamoru init -d clinic.example "
+                                "[-d www.clinic.example] [--contact EMAIL]"))
     machine = detect(args.server)
     answers = Answers(domains=domains, contact=contact, directory=args.directory,
                       ca_bundle=args.ca_bundle, https_listen=args.https_listen,
                       http_listen=args.http_listen)
     write_config(path, render(answers, machine))
     for note in machine.notes:
-        print(f"mamoru: note: {note}", file=sys.stderr)
-    print(f"{path}: written for {machine.server} ({', '.join(domains)}); next: "
-          f"mamoru check-config && mamoru provision")
+        print(i18n._("mamoru: note: {note}").format(note=note), file=sys.stderr)
+    print(i18n._("{path}: written for {server} ({names}); next: mamoru check-config && "
+                 "mamoru provision").format(path=path, server=machine.server,
+                                            names=", ".join(domains)))
     return EXIT_OK
 
 
@@ -339,8 +352,8 @@ def cmd_check_dns(args: argparse.Namespace) -> int:
     settings = _load(args)
     sites = [site for site in _select(settings, args.sites) if site.challenge.dns01 is not None]
     if not sites:
-        raise UsageError("no site with dns-01 names to check (challenge.type: dns-01 or "
-                         "challenge.dns01_names)")
+        raise UsageError(i18n._("no site with dns-01 names to check (challenge.type: dns-01 "
+                                "or challenge.dns01_names)"))
     failed = 0
     for site in sites:
         dns01 = site.challenge.dns01
@@ -350,19 +363,21 @@ def cmd_check_dns(args: argparse.Namespace) -> int:
             solver, waiter = dns_solver_for(dns01)
         except DnsFailed as error:
             failed += 1
-            print(f"{site.name}: FAILED — {error}\n  {error.hint}")
+            print(i18n._("{site}: FAILED — {error}").format(site=site.name, error=error)
+                  + (f"\n  {i18n._(error.hint)}" if error.hint else ""))
             continue
         result = check_dns(solver, waiter, names, dns01.propagation_timeout)
         if result.ok:
-            print(f"{site.name}: ok — wrote, saw on every authoritative nameserver after "
-                  f"{result.published_seconds:.1f} s and removed a TXT record at "
-                  f"{', '.join(result.records)}")
+            print(i18n._("{site}: ok — wrote, saw on every authoritative nameserver after "
+                         "{seconds} s and removed a TXT record at {records}").format(
+                site=site.name, seconds=f"{result.published_seconds:.1f}",
+                records=", ".join(result.records)))
         else:
             failed += 1
             problem = result.error
             assert problem is not None
-            print(f"{site.name}: FAILED — {problem}"
-                  + (f"\n  {problem.hint}" if problem.hint else ""))
+            print(i18n._("{site}: FAILED — {error}").format(site=site.name, error=problem)
+                  + (f"\n  {i18n._(problem.hint)}" if problem.hint else ""))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -412,7 +427,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     from mamoru.errors import UsageError
     from mamoru.observe.logquery import Query, Reader, parse_since, render_line, to_json_line
-    from mamoru.observe.messages import plural
 
     settings = _load(args)
     try:
@@ -420,8 +434,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.site and args.site not in {s.name for s in settings.sites}:
-        print(f"mamoru: note: {args.site} is not a site in {settings.config_file}",
-              file=sys.stderr)
+        print(i18n._("mamoru: note: {site} is not a site in {file}").format(
+            site=args.site, file=settings.config_file), file=sys.stderr)
     reader = Reader(settings.paths.event_log)
     render = to_json_line if args.json else render_line
     try:
@@ -431,8 +445,10 @@ def cmd_log(args: argparse.Namespace) -> int:
         _stdout_gone()
         return EXIT_OK
     if reader.skipped:
-        print(f"mamoru: skipped {plural(reader.skipped, 'damaged line')} in "
-              f"{settings.paths.event_log}", file=sys.stderr)
+        print(i18n.ngettext("mamoru: skipped {n} damaged line in {file}",
+                            "mamoru: skipped {n} damaged lines in {file}", reader.skipped
+                            ).format(n=reader.skipped, file=settings.paths.event_log),
+              file=sys.stderr)
     return EXIT_OK
 
 
@@ -446,13 +462,14 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
     sink = AlertSink(settings.alerts, storage)
     try:
         if not sink.channels:
-            raise UsageError(f"no alert channel in {settings.config_file} (set alerts.email "
-                             "and/or alerts.webhook)")
+            raise UsageError(i18n._("no alert channel in {file} (set alerts.email and/or "
+                                    "alerts.webhook)").format(file=settings.config_file))
         results = sink.send_test()
     finally:
         sink.close(1.0)
     for channel, error in results:
-        print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
+        print(i18n._("{channel}: sent").format(channel=channel) if error is None else
+              i18n._("{channel}: FAILED: {error}").format(channel=channel, error=error))
     return EXIT_OK if all(error is None for _, error in results) else EXIT_FAILED
 
 
@@ -467,18 +484,21 @@ def cmd_import_certbot(args: argparse.Namespace) -> int:
     if args.undo:
         undone = undo_import(settings)
         for item in undone:
-            print(f"{item.lineage}: given back to certbot (site {item.site} removed)")
+            print(i18n._("{lineage}: given back to certbot (site {site} removed)").format(
+                lineage=item.lineage, site=item.site))
             if item.warning:
-                print(f"{item.lineage}: warning: {item.warning}", file=sys.stderr)
+                print(i18n._("{lineage}: warning: {warning}").format(
+                    lineage=item.lineage, warning=item.warning), file=sys.stderr)
         if not undone:
-            print("nothing to undo: no import by mamoru is recorded")
+            print(i18n._("nothing to undo: no import by mamoru is recorded"))
         return EXIT_OK
     report = import_certbot(args.from_dir, settings=settings, write_config_to=args.write_config,
                             force=args.force, dry_run=args.dry_run)
     for line in report.lines():
         print(line)
     if args.dry_run and report.config_text:
-        print("\nThe config it would write:\n\n" + report.config_text, end="")
+        print("\n" + i18n._("The config it would write:") + "\n\n" + report.config_text,
+              end="")
     return report.exit_code
 
 
@@ -499,7 +519,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if outcome is None:
         return EXIT_OK
     if outcome.version is not None and outcome.ok:
-        print(f"{outcome.site}: {outcome.status} — {outcome.version.file('fullchain.pem')}")
+        print(i18n._("{site}: {status} — {file}").format(
+            site=outcome.site, status=_status_word(outcome.status),
+            file=outcome.version.file("fullchain.pem")))
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -567,9 +589,8 @@ def _config_problems(error: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mamoru import i18n
-
     i18n.setup(_lang_of(sys.argv[1:] if argv is None else argv))
+    i18n.route_argparse(argparse)  # "usage:", "options", its errors: in the same language
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -584,13 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_config_problems(error), file=sys.stderr)
         return EXIT_USAGE
     except UsageError as error:
-        print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)
+        hint = i18n._(error.hint) if error.hint else ""
+        print(f"mamoru: {error}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
         return EXIT_USAGE
     except MamoruError as error:
-        print(f"mamoru: {error}" + (f"\n  {error.hint}" if error.hint else ""), file=sys.stderr)
+        hint = i18n._(error.hint) if error.hint else ""
+        print(f"mamoru: {error}" + (f"\n  {hint}" if hint else ""), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("mamoru: interrupted", file=sys.stderr)
+        print(i18n._("mamoru: interrupted"), file=sys.stderr)
         return 130
 
 

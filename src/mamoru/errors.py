@@ -3,6 +3,8 @@
 `retryable` tells the renewal scheduler whether trying again later can help (a network fault,
 a CA outage, a rate limit) or whether a person must act first (a wrong config, a name the CA
 refuses). `hint` is one sentence for that person: what to do next. Messages never carry secrets.
+A class's hint is an English message id (marked with `N_`), translated where it is shown
+(`_(error.hint)`; the event log keeps it in English).
 """
 
 from __future__ import annotations
@@ -10,6 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+
+def N_(message: str) -> str:
+    """Mark `message` for the catalog (errors import nothing of mamoru's, not even i18n: the
+    hint is translated where it is shown, `_(error.hint)`)."""
+    return message
 
 
 class MamoruError(Exception):
@@ -53,7 +61,7 @@ class ConfigProblem:
 class ConfigError(MamoruError):
     """The config is wrong; carries every problem found, not just the first."""
 
-    hint = "Fix the config file and run `mamoru check-config`."
+    hint = N_("Fix the config file and run `mamoru check-config`.")
 
     def __init__(self, problems: list[ConfigProblem] | str) -> None:
         if isinstance(problems, str):
@@ -107,14 +115,14 @@ class CAUnavailable(IssuanceError):
     """The CA could not be reached or answered with a server error. Transient."""
 
     retryable = True
-    hint = "Check the network and the ACME directory URL; mamoru retries with backoff."
+    hint = N_("Check the network and the ACME directory URL; mamoru retries with backoff.")
 
 
 class RateLimited(IssuanceError):
     """The CA said to slow down (rateLimited, 429 or 503 with Retry-After). Transient."""
 
     retryable = True
-    hint = "Wait until the time the CA named; mamoru retries then by itself."
+    hint = N_("Wait until the time the CA named; mamoru retries then by itself.")
 
 
 class BadNonceExhausted(IssuanceError):
@@ -127,7 +135,7 @@ class ChallengeFailed(IssuanceError):
     """The CA could not validate control of a name (it could not fetch the challenge)."""
 
     retryable = True  # often a firewall or DNS fix away; retried slowly
-    hint = (
+    hint = N_(
         "Make sure http://NAME/.well-known/acme-challenge/ reaches this machine on port 80 "
         "(DNS A/AAAA records, firewall, webroot path)."
     )
@@ -163,7 +171,7 @@ class StorageError(MamoruError):
 class LockBusy(StorageError):
     """Another mamoru process is working on this site right now."""
 
-    hint = "Another mamoru run holds this site's lock; it will finish on its own."
+    hint = N_("Another mamoru run holds this site's lock; it will finish on its own.")
 
 
 class InstallError(MamoruError):
@@ -183,7 +191,7 @@ class ConfigTestFailed(InstallError):
     """The web server rejected its config; nothing was reloaded."""
 
     retryable = False
-    hint = "Fix the web server config error shown above, then run `mamoru provision` again."
+    hint = N_("Fix the web server config error shown above, then run `mamoru provision` again.")
 
 
 class ReloadFailed(InstallError):
@@ -196,8 +204,8 @@ class ServerUnreachable(InstallError):
     is down; the certificate files are in place for when it starts."""
 
     retryable = True
-    hint = ("Start the web server (e.g. `systemctl start nginx` or `systemctl start apache2`) or "
-            "fix server.listen / server.verify; mamoru checks again by itself.")
+    hint = N_("Start the web server (e.g. `systemctl start nginx` or `systemctl start apache2`) "
+              "or fix server.listen / server.verify; mamoru checks again by itself.")
 
 
 class VerifyFailed(InstallError):

@@ -65,3 +65,39 @@ def ngettext(singular: str, plural: str, n: int) -> str:
 def N_(message: str) -> str:
     """Mark `message` for the catalog without translating it now."""
     return message
+
+
+# argparse's own words (it asks gettext's default domain, which has no Japanese): mamoru's
+# catalog translates them, marked here so the extractor puts them in it. Only the words a
+# person meets; argparse's messages about its own misuse stay as they are.
+ARGPARSE_WORDS = (
+    N_("usage: "),
+    N_("positional arguments"),
+    N_("options"),
+    N_("show this help message and exit"),
+    N_("%(prog)s: error: %(message)s\n"),
+    N_("argument %(argument_name)s: %(message)s"),
+    N_("the following arguments are required: %s"),
+    N_("one of the arguments %s is required"),
+    N_("unrecognized arguments: %s"),
+    N_("not allowed with argument %s"),
+    N_("ignored explicit argument %r"),
+    N_("expected one argument"),
+    N_("expected at most one argument"),
+    N_("expected at least one argument"),
+    N_("ambiguous option: %(option)s could match %(matches)s"),
+    N_("unexpected option string: %s"),
+    N_("invalid %(type)s value: %(value)r"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"),
+    N_("unknown parser %(parser_name)r (choices: %(choices)s)"),
+    N_("can't open '%(filename)s': %(error)s"),
+)
+ARGPARSE_PLURALS = (ngettext("expected %s argument", "expected %s arguments", 2),)
+
+
+def route_argparse(module: object) -> None:
+    """Make the `argparse` module speak through mamoru's catalog: it looks up its module-level
+    `_` and `ngettext` at each call, so pointing them here translates usage, help headings and
+    errors in the language :func:`setup` chose (no import, no cost: cli has argparse loaded)."""
+    setattr(module, "_", _)  # noqa: B010 - a stdlib module's global, set on purpose
+    setattr(module, "ngettext", ngettext)  # noqa: B010

@@ -14,52 +14,54 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(verbs: Any) -> None:
-    fleet = verbs.add_parser("fleet", help="the vendor's side: every clinic in one PostgreSQL "
-                             "(needs `pip install mamoru[fleet]`)",
-                             description="The vendor's side: every clinic's renewals in one "
-                             "PostgreSQL, one page and one command.")
+    from mamoru.i18n import _
+
+    fleet = verbs.add_parser("fleet", help=_("the vendor's side: every clinic in one PostgreSQL "
+                             "(needs `pip install mamoru[fleet]`)"),
+                             description=_("The vendor's side: every clinic's renewals in one "
+                             "PostgreSQL, one page and one command."))
     sub = fleet.add_subparsers(dest="fleet_verb", metavar="VERB", required=True)
 
     def verb(name: str, text: str, func: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
         p.add_argument("--database", metavar="URL",
-                       help="postgresql://... (default: $MAMORU_FLEET_DATABASE)")
+                       help=_("postgresql://... (default: $MAMORU_FLEET_DATABASE)"))
         p.set_defaults(func=lambda args: run(func, args))
         return p
 
-    verb("migrate", "create or upgrade the fleet schema (safe to run again)", cmd_migrate)
-    p = verb("add-clinic", "register a clinic and print its new token (only its hash is kept)",
+    verb("migrate", _("create or upgrade the fleet schema (safe to run again)"), cmd_migrate)
+    p = verb("add-clinic", _("register a clinic and print its new token (only its hash is kept)"),
              cmd_add_clinic)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--db-role", action="store_true",
-                   help="also create a database login that may insert only this clinic's "
-                        "rows (the direct path, for vendors with a VPN)")
-    p = verb("add-user", "create (or reset) a login for the fleet page; prints the password",
+                   help=_("also create a database login that may insert only this clinic's "
+                        "rows (the direct path, for vendors with a VPN)"))
+    p = verb("add-user", _("create (or reset) a login for the fleet page; prints the password"),
              cmd_add_user)
     p.add_argument("name", metavar="NAME")
-    p = verb("serve", "the HTTPS collector and page (TLS only)", cmd_serve)
+    p = verb("serve", _("the HTTPS collector and page (TLS only)"), cmd_serve)
     p.add_argument("--listen", metavar="HOST:PORT", required=True)
     p.add_argument("--tls-cert", metavar="PEM", required=True)
     p.add_argument("--tls-key", metavar="PEM", required=True)
     p.add_argument("--rate", type=float, default=5.0,
-                   help="requests per second per clinic (default 5, bursts of 30)")
-    p.add_argument("--alert-webhook", metavar="URL", help="send fleet alerts here")
+                   help=_("requests per second per clinic (default 5, bursts of 30)"))
+    p.add_argument("--alert-webhook", metavar="URL", help=_("send fleet alerts here"))
     p.add_argument("--alert-webhook-secret-file", metavar="FILE",
-                   help="sign webhook alerts with the secret in this file")
-    p.add_argument("--alert-ca-bundle", metavar="PEM", help="trust for the webhook's HTTPS")
+                   help=_("sign webhook alerts with the secret in this file"))
+    p.add_argument("--alert-ca-bundle", metavar="PEM", help=_("trust for the webhook's HTTPS"))
     p.add_argument("--silent-after", default="24h", metavar="SPAN",
-                   help="alert when a clinic has not reported for this long (default 24h)")
+                   help=_("alert when a clinic has not reported for this long (default 24h)"))
     p.add_argument("--alert-interval", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--digest-min", type=int, default=5, metavar="N",
-                   help="N or more clinics failing the same way are one digest (default 5)")
-    p = verb("status", "every clinic and site from the fleet database (exit 1 if any site "
-             "is in danger or any clinic silent)", cmd_status)
-    p.add_argument("--failing", action="store_true", help="only sites failing to renew")
-    p.add_argument("--expiring", metavar="SPAN", help="only certificates expiring within "
-                   "SPAN (14d, 48h)")
-    p.add_argument("--silent", metavar="SPAN", help="only clinics silent for SPAN (24h)")
-    p.add_argument("--clinic", metavar="NAME", help="one clinic")
-    p.add_argument("--json", action="store_true", help="JSON for scripts")
+                   help=_("N or more clinics failing the same way are one digest (default 5)"))
+    p = verb("status", _("every clinic and site from the fleet database (exit 1 if any site "
+             "is in danger or any clinic silent)"), cmd_status)
+    p.add_argument("--failing", action="store_true", help=_("only sites failing to renew"))
+    p.add_argument("--expiring", metavar="SPAN", help=_("only certificates expiring within "
+                   "SPAN (14d, 48h)"))
+    p.add_argument("--silent", metavar="SPAN", help=_("only clinics silent for SPAN (24h)"))
+    p.add_argument("--clinic", metavar="NAME", help=_("one clinic"))
+    p.add_argument("--json", action="store_true", help=_("JSON for scripts"))
 
 
 def _url(args: argparse.Namespace) -> str:

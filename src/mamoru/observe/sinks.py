@@ -16,7 +16,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from mamoru.observe.events import Event
+from mamoru import i18n
+from mamoru.observe.events import Event, scrub
+from mamoru.observe.messages import MESSAGES, render
 
 # --- stderr / journald ------------------------------------------------------------------------
 
@@ -34,9 +36,11 @@ def _journald_stream(stream: TextIO) -> bool:
 
 
 class StderrSink:
-    """Human-readable lines. Under systemd (stderr is the JOURNAL_STREAM) each line starts with
-    `<N>`, the syslog priority journald understands, so `journalctl -p err -u mamoru` shows
-    exactly the failures. Elsewhere errors and warnings are marked in words."""
+    """Human-readable lines, in the language mamoru.i18n chose for this process (the event's
+    own `message`, English, stays as it is for the JSON-lines log). Under systemd (stderr is
+    the JOURNAL_STREAM) each line starts with `<N>`, the syslog priority journald understands,
+    so `journalctl -p err -u mamoru` shows exactly the failures. Elsewhere errors and
+    warnings are marked in words."""
 
     def __init__(self, stream: TextIO | None = None, min_priority: int = 6,
                  journald: bool | None = None) -> None:
@@ -45,16 +49,25 @@ class StderrSink:
         self.journald = _journald_stream(self.stream) if journald is None else journald
         self._lock = threading.Lock()
 
+    @staticmethod
+    def words(event: Event) -> str:
+        """The event's text for the person reading this stream."""
+        lang = i18n.language()
+        if lang == "en" or event.kind not in MESSAGES:
+            return event.message
+        text: str = scrub(render(event.kind, event.fields, site=event.site, lang=lang))
+        return text
+
     def emit(self, event: Event) -> None:
         if event.priority > self.min_priority:
             return
         who = f"{event.site}: " if event.site else ""
         # One event, one line: a multi-line message would become several journal entries.
-        message = " ".join(event.message.splitlines())
+        message = " ".join(self.words(event).splitlines())
         if self.journald:
             line = f"<{event.priority}>{who}{message}"
         else:
-            mark = {3: "error: ", 4: "warning: "}.get(event.priority, "")
+            mark = {3: i18n._("error: "), 4: i18n._("warning: ")}.get(event.priority, "")
             line = f"{who}{mark}{message}"
         with self._lock:
             try:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mamoru.config.model import AlertSettings
+from mamoru.i18n import translations
 from mamoru.observe.alerts.channels import (
     SIGNATURE_HEADER,
     Alert,
@@ -77,7 +78,8 @@ class AlertSink:
         remind = timedelta(hours=self.settings.remind_hours)
         names = [channel.name for channel in self.channels]
         deliveries: list[Delivery] = self.record.update(
-            lambda data: decide(data, event, seen, names, remind))
+            lambda data: decide(data, event, seen, names, remind,
+                                self.settings.language))
         for delivery in deliveries:
             self.deliveries.put(delivery)
 
@@ -108,8 +110,11 @@ class AlertSink:
         """Send a test alert through every channel now, once each, bypassing de-duplication.
         Returns (channel, error or None) per channel."""
         now = now or datetime.now(UTC)
-        alert = Alert("test", None, f"test alert from mamoru on {socket.gethostname()}", now,
-                      details={"message": "If you can read this, mamoru's alerts reach you."})
+        _ = translations(self.settings.language).gettext
+        alert = Alert("test", None, _("test alert from mamoru on {host}").format(
+                          host=socket.gethostname()), now,
+                      details={"message": _("If you can read this, mamoru's alerts reach you.")},
+                      language=self.settings.language)
         results: list[tuple[str, str | None]] = []
         for channel in self.channels:
             try:

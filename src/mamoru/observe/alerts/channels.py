@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from mamoru.config.model import AlertSettings, EmailAlerts, WebhookAlerts
 from mamoru.errors import MamoruError
+from mamoru.i18n import translations
 from mamoru.observe.events import iso, scrub
 
 SIGNATURE_HEADER = "X-Mamoru-Signature"
@@ -52,6 +53,7 @@ class Alert:
     reminder: bool = False
     since: datetime | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    language: str = "en"  # of the person-readable words (alerts.language); never in the payload
 
     def payload(self) -> dict[str, Any]:
         """The webhook body (and the facts of the email): stable keys, times in ISO 8601 UTC."""
@@ -75,7 +77,8 @@ class Alert:
         return json.dumps(self.payload(), ensure_ascii=False, sort_keys=True).encode()
 
     def subject(self) -> str:
-        return f"[mamoru] {'reminder: ' if self.reminder else ''}{self.summary}"
+        reminder = translations(self.language).gettext("reminder: ") if self.reminder else ""
+        return f"[mamoru] {reminder}{self.summary}"
 
     def text(self) -> str:
         payload = self.payload()
@@ -89,8 +92,9 @@ class Alert:
             if isinstance(value, list):
                 value = ", ".join(str(v) for v in value)
             lines.append(f"{key.replace('_', ' ')}: {value}")
-        lines += ["", "Run `mamoru status` and `mamoru log --site SITE --failed` on the server "
-                  "for the whole story."]
+        lines += ["", translations(self.language).gettext(
+            "Run `mamoru status` and `mamoru log --site SITE --failed` on the server for the "
+            "whole story.")]
         return "\n".join(lines) + "\n"
 
 

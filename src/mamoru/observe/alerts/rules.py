@@ -37,7 +37,8 @@ from mamoru.i18n import translations
 from mamoru.observe.alerts.channels import Alert, Delivery
 from mamoru.observe.alerts.record import Record, drop_if_empty, site_entries
 from mamoru.observe.danger import danger_threshold, is_failure
-from mamoru.observe.events import Event, iso
+from mamoru.observe.events import Event, iso, scrub
+from mamoru.observe.messages import MESSAGES, render
 from mamoru.storage import CertVersion
 
 SUCCESS_KINDS = frozenset({"renewed", "provisioned", "reinstalled"})
@@ -74,6 +75,14 @@ def facts(event: Event) -> dict[str, Any]:
     return out
 
 
+def words(event: Event, language: str) -> str:
+    """The event's text for the alert's reader (the event's own `message` is English)."""
+    if language == "en" or event.kind not in MESSAGES:
+        return event.message
+    text: str = scrub(render(event.kind, event.fields, site=event.site, lang=language))
+    return text
+
+
 def judge(event: Event, settings: AlertSettings, live: CertVersion | None,
           attempts: Callable[[], int]) -> Seen:
     """The problems `event` shows for its site and those it shows gone. `live`: the site's
@@ -106,7 +115,8 @@ def judge(event: Event, settings: AlertSettings, live: CertVersion | None,
         if event.get("worst") == "problem":
             problems["site-check"] = Alert(
                 "site-check", site, _("{site}: patients' browsers see a problem: "
-                                      "{message}").format(site=site, message=event.message),
+                                      "{message}").format(site=site,
+                                                          message=words(event, settings.language)),
                 event.time, details=facts(event))
         else:
             resolved.add("site-check")
@@ -129,9 +139,10 @@ def judge(event: Event, settings: AlertSettings, live: CertVersion | None,
 
 
 def decide(data: Record, event: Event, seen: Seen, channels: Sequence[str],
-           remind: timedelta) -> list[Delivery]:
+           remind: timedelta, language: str = "en") -> list[Delivery]:
     """Under the record's lock: which alerts go out on which channel; updates `data` (open
-    problems, when each was last seen and sent, problems gone)."""
+    problems, when each was last seen and sent, problems gone). `language`: the alerts'
+    (alerts.language), for the words of the recovered alert."""
     site = str(event.site)
     now = event.time
     record = site_entries(data, site)
@@ -148,7 +159,8 @@ def decide(data: Record, event: Event, seen: Seen, channels: Sequence[str],
             stamp = iso(now)
             entry["sent"][channel] = stamp
             reminded = Alert(alert.kind, alert.site, alert.summary, alert.time,
-                             reminder=last is not None, since=since, details=alert.details)
+                             reminder=last is not None, since=since, details=alert.details,
+                             language=language)
             out.append(Delivery(reminded, channel, problem, stamp, previous))
     gone = [p for p in seen.resolved if p in record]
     if gone:
@@ -158,9 +170,10 @@ def decide(data: Record, event: Event, seen: Seen, channels: Sequence[str],
         if alerted:
             details = facts(event)
             details["resolved"] = alerted
-            alert = Alert("recovered", site, f"{site}: recovered "
-                          f"({', '.join(alerted)} resolved) — {event.message}", now,
-                          details=details)
+            _ = translations(language).gettext
+            summary = _("{site}: recovered ({problems} resolved) — {message}").format(
+                site=site, problems=", ".join(alerted), message=words(event, language))
+            alert = Alert("recovered", site, summary, now, details=details, language=language)
             out += [Delivery(alert, channel) for channel in channels]
     drop_if_empty(data, site)
     return out
