@@ -207,8 +207,9 @@ def _select(settings: Settings, names: Sequence[str]) -> list[Site]:
     known = {s.name: s for s in settings.sites}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UsageError(f"no site named {', '.join(unknown)} in {settings.config_file} "
-                         f"(sites: {', '.join(known) or 'none'})")
+        raise UsageError(i18n._("no site named {names} in {file} (sites: {sites})").format(
+            names=", ".join(unknown), file=settings.config_file,
+            sites=", ".join(known) or i18n._("none")))
     return [known[n] for n in names]
 
 
@@ -583,9 +584,11 @@ def _config_problems(error: Exception) -> str:
     problems = getattr(error, "problems", None)
     if not isinstance(problems, list):
         return str(error)
+    from mamoru.config.yamlnodes import localized
+
     head = ngettext("{n} problem in the config:", "{n} problems in the config:",
                     len(problems)).format(n=len(problems))
-    return "\n".join([head, *(f"  {p}" for p in problems)])
+    return "\n".join([head, *(f"  {localized(p)}" for p in problems)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

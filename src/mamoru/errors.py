@@ -50,6 +50,10 @@ class ConfigProblem:
     path: str
     message: str
     severity: str = "error"  # "error" | "warning"
+    # The English message id and its values, so the message can be said in the reader's
+    # language (`config.yamlnodes.localized`); `message` is the English text, filled in.
+    template: str = ""
+    params: tuple[tuple[str, Any], ...] = ()
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file

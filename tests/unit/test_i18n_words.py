@@ -242,3 +242,31 @@ def _progress(lang: str) -> str:
 @pytest.mark.parametrize("lang,golden", [("ja", "provision.ja.txt"), ("xx", "provision.en.txt")])
 def test_provision_progress_golden(lang: str, golden: str) -> None:
     _golden(golden, _progress(lang))
+
+
+def test_config_problems_are_said_in_japanese_with_their_place(tmp_path: Path) -> None:
+    """check-config's per-problem words: FILE:LINE and the key as written, the words in the
+    reader's language; str(problem) (what the log and tools see) stays English."""
+    from mamoru.config.load import load_config_text
+    from mamoru.config.yamlnodes import localized
+
+    text = ("acme: {directory: 42}\n"
+            f"paths: {{state: relative/dir, live: {tmp_path}/l, event_log: {tmp_path}/e}}\n"
+            "renewal: {jitter_fraction: 7}\n"
+            "sites: {}\nsurprise: 1\n")
+    with pytest.raises(errors.ConfigError) as caught:
+        load_config_text(text)
+    problems = caught.value.problems
+    assert len(problems) >= 3
+    i18n.setup("ja")
+    try:
+        shown = [localized(problem) for problem in problems]
+    finally:
+        i18n.setup("en")
+    english = [localized(problem) for problem in problems]
+    assert english == [str(problem) for problem in problems]
+    for problem, japanese in zip(problems, shown, strict=True):
+        where = f"{problem.file}:{problem.line}: {problem.path}: "
+        assert japanese.startswith(where), japanese
+        assert japanese != str(problem) and JAPANESE.search(japanese), japanese
+        assert not LEFTOVER.search(japanese), japanese

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from mamoru.config.yamlnodes import Node, Problems, kind
+from mamoru.i18n import N_
 from mamoru.netaddr import parse_address
 
 REQUIRED: Any = object()  # the default of a key that must be given
@@ -47,19 +48,21 @@ class Fields:
         self.present = node is not None
         if node is not None and not isinstance(node.value, dict):
             if not (node.value is None and not required):
-                problems.error(node.line, path, f"must be a mapping (key: value), not {kind(node)}")
+                problems.error(node.line, path, N_("must be a mapping (key: value), not {kind}"),
+                               kind=kind(node))
             self.present = False
         elif node is not None:
             self.items = node.value
         elif required:
-            problems.error(parent_line, path, "is required")
+            problems.error(parent_line, path, N_("is required"))
 
     def child_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, message: str) -> None:
-        """Record a problem of `key`, at the key's line (the mapping's when it is absent)."""
-        self.problems.error(self.key_line(key), self.child_path(key), message)
+    def error(self, key: str, message: str, **params: Any) -> None:
+        """Record a problem of `key`, at the key's line (the mapping's when it is absent);
+        `message` and `params` as for Problems.error."""
+        self.problems.error(self.key_line(key), self.child_path(key), message, **params)
 
     def node(self, key: str) -> Node | None:
         self.used.add(key)
@@ -82,39 +85,43 @@ class Fields:
         path = self.child_path(key)
         if node is None or node.value is None:
             if default is REQUIRED:
-                self.problems.error(self.line, path, "is required")
+                self.problems.error(self.line, path, N_("is required"))
                 return None
             return default
         value = node.value
         if isinstance(value, bool) and bool not in types:
-            self.problems.error(node.line, path, f"must be {what}, not a true/false value")
+            self.problems.error(node.line, path, N_("must be {what}, not a true/false value"),
+                                what=what)
             return default if default is not REQUIRED else None
         if not isinstance(value, types):
-            self.problems.error(node.line, path, f"must be {what}, not {kind(node)}")
+            self.problems.error(node.line, path, N_("must be {what}, not {kind}"), what=what,
+                                kind=kind(node))
             return default if default is not REQUIRED else None
         return value
 
     def text(self, key: str, default: Any = REQUIRED, *, choices: tuple[str, ...] | None = None
              ) -> Any:
-        value = self.value(key, (str,), "a string", default)
+        value = self.value(key, (str,), N_("a string"), default)
         if isinstance(value, str) and choices is not None and value not in choices:
-            self.error(key, f"{value!r} is not one of: {', '.join(choices)}")
+            self.error(key, N_("{value} is not one of: {choices}"), value=repr(value),
+                       choices=", ".join(choices))
         if isinstance(value, str) and "\x00" in value:
-            self.error(key, "contains a NUL character")
+            self.error(key, N_("contains a NUL character"))
             return None
         return value
 
     def number(self, key: str, default: Any, *, minimum: float, maximum: float,
                integer: bool = False) -> Any:
         types: tuple[type, ...] = (int,) if integer else (int, float)
-        value = self.value(key, types, "a whole number" if integer else "a number", default)
+        value = self.value(key, types, N_("a whole number") if integer else N_("a number"), default)
         if isinstance(value, int | float) and not (minimum <= value <= maximum):
-            self.error(key, f"{value} is out of range ({minimum:g} to {maximum:g})")
+            self.error(key, N_("{value} is out of range ({minimum} to {maximum})"), value=value,
+                       minimum=f"{minimum:g}", maximum=f"{maximum:g}")
             return default
         return value
 
     def flag(self, key: str, default: bool) -> bool:
-        return bool(self.value(key, (bool,), "true or false", default))
+        return bool(self.value(key, (bool,), N_("true or false"), default))
 
     def path_value(self, key: str, default: Any = REQUIRED) -> Any:
         """An absolute file system path, without a character that could end a directive or a
@@ -122,10 +129,10 @@ class Fields:
         files)."""
         value = self.text(key, default)
         if isinstance(value, str) and value and not os.path.isabs(value):
-            self.error(key, f"{value!r} must be an absolute path")
+            self.error(key, N_("{value} must be an absolute path"), value=repr(value))
         elif isinstance(value, str) and (bad := unsafe_characters(value)):
-            self.error(key, f"{value!r} contains {bad}, which mamoru does not write into a web "
-                       "server's config; use a path without it")
+            self.error(key, N_("{value} contains {bad}, which mamoru does not write into a web "
+                          "server's config; use a path without it"), value=repr(value), bad=bad)
             return default if default is not REQUIRED else None
         return value
 
@@ -137,16 +144,16 @@ class Fields:
             return None
         if not isinstance(node.value, list) or not node.value:
             self.problems.error(node.line, path,
-                                "must be a list of program and arguments, e.g. [nginx, -t] "
-                                "(mamoru never runs a shell string)")
+                                N_("must be a list of program and arguments, e.g. [nginx, -t] "
+                                   "(mamoru never runs a shell string)"))
             return None
         out = []
         for index, item in enumerate(node.value):
             if not isinstance(item.value, str | int) or isinstance(item.value, bool):
-                self.problems.error(item.line, f"{path}[{index}]", "must be a string")
+                self.problems.error(item.line, f"{path}[{index}]", N_("must be a string"))
                 continue
             if "\x00" in str(item.value):
-                self.problems.error(item.line, f"{path}[{index}]", "contains a NUL character")
+                self.problems.error(item.line, f"{path}[{index}]", N_("contains a NUL character"))
                 continue
             out.append(str(item.value))
         return tuple(out)
@@ -168,12 +175,14 @@ class Fields:
         if isinstance(raw, int) and not isinstance(raw, bool) and default_host is not None:
             raw = str(raw)
         if not isinstance(raw, str):
-            self.problems.error(node.line, path, f"must be \"HOST:PORT\", not {kind(node)}")
+            self.problems.error(node.line, path, N_("must be \"HOST:PORT\", not {kind}"),
+                                kind=kind(node))
             return None
         parsed = parse_address(raw, default_host)
         if parsed is None:
             self.problems.error(node.line, path,
-                                f"{raw!r} is not HOST:PORT with a port from 1 to 65535")
+                                N_("{value} is not HOST:PORT with a port from 1 to 65535"),
+                                value=repr(raw))
         return parsed
 
     def listen(self, key: str, default: str) -> str:
@@ -187,7 +196,7 @@ class Fields:
             raw = str(raw)
         if not isinstance(raw, str) or parse_address(raw, _ANY_HOST) is None:
             self.problems.error(node.line, self.child_path(key),
-                                f"{raw!r} must be a port or \"ADDRESS:PORT\"")
+                                N_("{value} must be a port or \"ADDRESS:PORT\""), value=repr(raw))
             return default
         return raw
 
@@ -197,6 +206,12 @@ class Fields:
         for key, (line, _node) in self.items.items():
             if key not in self.used:
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                allowed = f"; known keys: {', '.join(known)}" if known and not close else ""
-                self.problems.error(line, self.child_path(key), f"unknown key{hint}{allowed}")
+                where = self.child_path(key)
+                if close:
+                    self.problems.error(line, where, N_("unknown key (did you mean {close}?)"),
+                                        close=repr(close[0]))
+                elif known:
+                    self.problems.error(line, where, N_("unknown key; known keys: {known}"),
+                                        known=", ".join(known))
+                else:
+                    self.problems.error(line, where, N_("unknown key"))

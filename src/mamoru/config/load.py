@@ -10,12 +10,14 @@ default.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from mamoru.config import defaults as D
 from mamoru.config.model import Settings
 from mamoru.config.schema import build
 from mamoru.config.yamlnodes import Problems, compose
-from mamoru.errors import ConfigError, ConfigProblem
+from mamoru.errors import ConfigError
+from mamoru.i18n import N_
 
 _MAX_BYTES = 1024 * 1024  # a clinic's config is a few kilobytes; refuse absurd input early
 
@@ -32,15 +34,15 @@ def load_config(path: str) -> Settings:
             data = handle.read(_MAX_BYTES + 1)
             mode = os.fstat(handle.fileno()).st_mode
     except FileNotFoundError:
-        raise _unreadable(path, "no such file (give one with --config FILE)") from None
+        raise _unreadable(path, N_("no such file (give one with --config FILE)")) from None
     except OSError as error:
-        raise _unreadable(path, f"cannot read: {error.strerror}") from None
+        raise _unreadable(path, N_("cannot read: {why}"), why=error.strerror) from None
     if len(data) > _MAX_BYTES:
-        raise _unreadable(path, "file is larger than 1 MiB")
+        raise _unreadable(path, N_("file is larger than 1 MiB"))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _unreadable(path, f"not UTF-8 text: {error}") from None
+        raise _unreadable(path, N_("not UTF-8 text: {why}"), why=str(error)) from None
     return load_config_text(text, path, file_mode=mode)
 
 
@@ -60,6 +62,8 @@ def load_config_text(
     return settings
 
 
-def _unreadable(path: str, message: str) -> ConfigError:
+def _unreadable(path: str, message: str, **params: Any) -> ConfigError:
     """The error for a config file that cannot be read as text at all."""
-    return ConfigError([ConfigProblem(path, None, "", message)])
+    problems = Problems(path)
+    problems.error(None, "", message, **params)
+    return ConfigError(problems.errors)

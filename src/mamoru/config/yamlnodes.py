@@ -17,6 +17,7 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from yaml.nodes import Node as YamlNode
 
 from mamoru.errors import ConfigProblem
+from mamoru.i18n import N_, _
 
 _STANDARD_TAGS = {
     "tag:yaml.org,2002:" + t
@@ -49,26 +50,62 @@ class Problems:
         self.errors: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
 
-    def error(self, line: int | None, path: str, message: str) -> None:
-        self.errors.append(ConfigProblem(self.file, line, path, message))
+    def error(self, line: int | None, path: str, message: str, **params: Any) -> None:
+        """Record an error. `message` is an English message id; with `params` it is a template
+        (`{name}` placeholders) filled with them, so it can be translated when shown."""
+        self.errors.append(_problem(self.file, line, path, message, "error", params))
 
-    def warn(self, line: int | None, path: str, message: str) -> None:
-        self.warnings.append(ConfigProblem(self.file, line, path, message, "warning"))
+    def warn(self, line: int | None, path: str, message: str, **params: Any) -> None:
+        self.warnings.append(_problem(self.file, line, path, message, "warning", params))
+
+
+def _problem(file: str, line: int | None, path: str, message: str, severity: str,
+             params: dict[str, Any]) -> ConfigProblem:
+    text = message.format(**params) if params else message
+    return ConfigProblem(file, line, path, text, severity, template=message,
+                         params=tuple(params.items()))
+
+
+def _word(value: str) -> str:
+    """One of mamoru's words in the reader's language: "a list", or "a number (42)" (the word
+    translated, what follows it in parentheses kept)."""
+    word, space, rest = value.partition(" (")
+    if space and value.endswith(")") and _(word) != word:
+        return f"{_(word)} ({rest}"
+    return _(value)
+
+
+def localized(problem: ConfigProblem) -> str:
+    """`str(problem)` in the language mamoru.i18n chose: FILE:LINE, the key and its words
+    (a message that is not in the catalog, e.g. from a library, stays as it is)."""
+    where = f"{problem.file}:{problem.line}" if problem.line is not None else problem.file
+    label = f"{problem.path}: " if problem.path else ""
+    prefix = _("warning: ") if problem.severity == "warning" else ""
+    message = problem.message
+    if problem.template:
+        # a value that is itself one of mamoru's words ("a string", "a list") is translated
+        values = {key: _word(value) if isinstance(value, str) and value else value
+                  for key, value in problem.params}
+        try:
+            message = _(problem.template).format(**values) if values else _(problem.template)
+        except (KeyError, IndexError, ValueError):  # a broken translation: the English text
+            message = problem.message
+    return f"{where}: {prefix}{label}{message}"
 
 
 def kind(node: Node) -> str:
     """What a node holds, in the words of an error message ("a list", "a number (3)")."""
     value = node.value
     if isinstance(value, dict):
-        return "a mapping"
+        return N_("a mapping")
     if isinstance(value, list):
-        return "a list"
+        return N_("a list")
     if value is None:
-        return "empty"
+        return N_("empty")
     if isinstance(value, bool):
-        return "true/false"
+        return N_("true/false")
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        return N_("a number") + f" ({value})"
     return f"a {type(value).__name__} ({value!r})"
 
 
@@ -86,19 +123,19 @@ def compose(text: str, problems: Problems) -> Node | None:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else None
-        problems.error(line, "", f"YAML: {error.problem or error.context}")
+        problems.error(line, "", "YAML: {problem}", problem=error.problem or error.context)
         return None
     except yaml.YAMLError as error:
         # A ReaderError (a control character, say) has no mark, only a character position.
         position = getattr(error, "position", None)
         line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
-        problems.error(line, "", f"YAML: {str(error).splitlines()[0]}")
+        problems.error(line, "", "YAML: {problem}", problem=str(error).splitlines()[0])
         return None
     finally:
         if loader is not None:
             loader.dispose()
     if node is None:
-        problems.error(1, "", "the config is empty (it needs at least acme: and sites:)")
+        problems.error(1, "", N_("the config is empty (it needs at least acme: and sites:)"))
         return None
     return _convert(node, loader, problems, "")
 
@@ -150,24 +187,24 @@ def _convert(node: YamlNode, loader: yaml.SafeLoader | yaml.CSafeLoader, problem
              path: str, depth: int = 0) -> Node | None:
     line = node.start_mark.line + 1
     if depth > _MAX_DEPTH:  # a config is a few levels deep; refuse before Python's stack runs out
-        problems.error(line, path, f"nested more than {_MAX_DEPTH} levels deep")
+        problems.error(line, path, N_("nested more than {depth} levels deep"), depth=_MAX_DEPTH)
         return None
     if node.tag not in _STANDARD_TAGS:
-        problems.error(line, path, f"the YAML tag {node.tag!r} is not allowed")
+        problems.error(line, path, N_("the YAML tag {tag} is not allowed"), tag=repr(node.tag))
         return None
     if isinstance(node, MappingNode):
         items: dict[str, tuple[int, Node]] = {}
         for key_node, value_node in node.value:
             key_line = key_node.start_mark.line + 1
             if key_node.tag == _MERGE_TAG:
-                problems.error(key_line, path, "merge keys (<<) are not allowed")
+                problems.error(key_line, path, N_("merge keys (<<) are not allowed"))
                 continue
             if not isinstance(key_node, ScalarNode) or key_node.tag not in _STANDARD_TAGS:
-                problems.error(key_line, path, "keys must be plain strings")
+                problems.error(key_line, path, N_("keys must be plain strings"))
                 continue
             key = str(key_node.value)
             if key == "<<":  # quoted, so not tagged as a merge key, but meant as one
-                problems.error(key_line, path, "merge keys (<<) are not allowed")
+                problems.error(key_line, path, N_("merge keys (<<) are not allowed"))
                 continue
             child_path = f"{path}.{key}" if path else key
             if key in items:
@@ -189,6 +226,7 @@ def _convert(node: YamlNode, loader: yaml.SafeLoader | yaml.CSafeLoader, problem
         value = loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, OverflowError) as error:
         # ValueError: an integer of more than 4300 digits (Python's int() limit), for one.
-        problems.error(line, path, f"bad value: {str(error).splitlines()[0][:200]}")
+        problems.error(line, path, N_("bad value: {problem}"),
+                       problem=str(error).splitlines()[0][:200])
         return None
     return Node(line, value)

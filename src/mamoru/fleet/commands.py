@@ -10,12 +10,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from mamoru.i18n import _
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(verbs: Any) -> None:
-    from mamoru.i18n import _
-
     fleet = verbs.add_parser("fleet", help=_("the vendor's side: every clinic in one PostgreSQL "
                              "(needs `pip install mamoru[fleet]`)"),
                              description=_("The vendor's side: every clinic's renewals in one "
@@ -93,7 +93,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from mamoru.fleet.db import migrate
 
     applied = migrate(_url(args))
-    print(f"applied {', '.join(applied)}" if applied else "the schema is up to date")
+    print(_("applied {migrations}").format(migrations=", ".join(applied)) if applied
+          else _("the schema is up to date"))
     return EXIT_OK
 
 
@@ -105,7 +106,8 @@ def cmd_add_clinic(args: argparse.Namespace) -> int:
     if new.db_role:
         print(f"database role: {new.db_role}\ndatabase password: {new.db_password}",
               file=sys.stderr)
-    print(f"clinic {new.name} added; put the token above in its fleet token_file (mode 0600)",
+    print(_("clinic {name} added; put the token above in its fleet token_file (mode "
+            "0600)").format(name=new.name),
           file=sys.stderr)
     return EXIT_OK
 

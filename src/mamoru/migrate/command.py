@@ -34,28 +34,34 @@ class Report:
         return 1 if self.failed else 0
 
     def lines(self) -> list[str]:
+        """The report for a person, in the language mamoru.i18n chose."""
+        from mamoru.i18n import _
+
         out: list[str] = []
         done = {i.lineage: i for i in self.imported}
         for plan in self.plans:
             name = plan.lineage.name
             if self.dry_run:
-                out.append(f"{name}: would become site {plan.site} ({', '.join(plan.domains)})")
+                out.append(_("{lineage}: would become site {site} ({names})").format(
+                    lineage=name, site=plan.site, names=", ".join(plan.domains)))
             elif name in done:
-                out.append(f"{name}: imported as site {plan.site}, certificate "
-                           f"{done[name].serial}, account {done[name].account_url}; certbot "
-                           "no longer renews it")
+                out.append(_("{lineage}: imported as site {site}, certificate {serial}, account "
+                             "{account}; certbot no longer renews it").format(
+                    lineage=name, site=plan.site, serial=done[name].serial,
+                    account=done[name].account_url))
             for note in plan.notes:
-                out.append(f"{name}: to decide: {note}")
+                out.append(_("{lineage}: to decide: {note}").format(lineage=name, note=note))
         for failure in self.failed:
-            out.append(f"{failure.lineage}: not imported, certbot's files unchanged: "
-                       f"{failure.reason}")
+            out.append(_("{lineage}: not imported, certbot's files unchanged: {reason}").format(
+                lineage=failure.lineage, reason=failure.reason))
         for refusal in self.refused:
-            out.append(f"{refusal.name}: not imported ({refusal.conf_path}): {refusal.reason}")
+            out.append(_("{lineage}: not imported ({file}): {reason}").format(
+                lineage=refusal.name, file=refusal.conf_path, reason=refusal.reason))
         if self.config_written:
-            out.append(f"config written to {self.config_written}; check it with "
-                       f"`mamoru check-config -c {self.config_written}`")
+            out.append(_("config written to {file}; check it with `mamoru check-config -c "
+                         "{file}`").format(file=self.config_written))
         if not self.plans and not self.refused:
-            out.append(f"{self.from_dir}: no certbot lineages found")
+            out.append(_("{dir}: no certbot lineages found").format(dir=self.from_dir))
         return out
 
 
