@@ -38,6 +38,7 @@ from mamoru.config.model import (
 from mamoru.config.names import NameError_, check_site_name, normalize_domain
 from mamoru.config.secrets import read_secret
 from mamoru.config.yamlnodes import Node, Problems, kind
+from mamoru.i18n import N_
 from mamoru.netaddr import is_loopback
 
 _MAX_NAMES = 100  # names on one certificate (Let's Encrypt's limit)
@@ -89,7 +90,7 @@ def _acme(m: Fields, file_mode: int | None) -> AcmeSettings:
         _check_directory_url(m, directory)
     ca_bundle = m.path_value("ca_bundle", None)
     if isinstance(ca_bundle, str) and ca_bundle and not os.path.isfile(ca_bundle):
-        m.error("ca_bundle", f"{ca_bundle} does not exist")
+        m.error("ca_bundle", N_("{path} does not exist"), path=ca_bundle)
     contact_node = m.node("contact")
     contacts: list[str] = []
     if contact_node is not None and contact_node.value is not None:
@@ -97,7 +98,8 @@ def _acme(m: Fields, file_mode: int | None) -> AcmeSettings:
         for item in raw if isinstance(raw, list) else [contact_node]:
             value = item.value
             if not isinstance(value, str) or "@" not in value or any(c in value for c in " ,<>"):
-                m.problems.error(item.line, "acme.contact", f"{value!r} is not an email address")
+                m.problems.error(item.line, "acme.contact", N_("{value} is not an email address"),
+                                 value=repr(value))
                 continue
             contacts.append(value if value.startswith("mailto:") else "mailto:" + value)
     eab = None
@@ -106,7 +108,7 @@ def _acme(m: Fields, file_mode: int | None) -> AcmeSettings:
         kid = eab_map.text("kid")
         hmac = read_secret(eab_map, "hmac_key", "hmac_key_file", file_mode)
         if hmac is None and not (eab_map.has("hmac_key") or eab_map.has("hmac_key_file")):
-            m.problems.error(eab_map.line, "acme.eab", "needs hmac_key or hmac_key_file")
+            m.problems.error(eab_map.line, "acme.eab", N_("needs hmac_key or hmac_key_file"))
         if kid and hmac:
             eab = Eab(kid=kid, hmac_key=hmac)
         eab_map.finish()
@@ -132,14 +134,16 @@ def _check_directory_url(m: Fields, directory: str) -> None:
     try:
         parts = _split_url(directory)
     except ValueError as error:
-        m.error("directory", f"{directory!r} is not a valid URL ({error})")
+        m.error("directory", N_("{value} is not a valid URL ({why})"), value=repr(directory),
+                why=str(error))
         return
     plain_local = parts.scheme == "http" and is_loopback(parts.hostname or "")
     if parts.scheme != "https" and not plain_local:
         m.error("directory",
-                f"{directory!r} must be letsencrypt, letsencrypt-staging or an https:// URL")
+                N_("{value} must be letsencrypt, letsencrypt-staging or an https:// URL"),
+                value=repr(directory))
     elif not parts.hostname:
-        m.error("directory", f"{directory!r} has no host")
+        m.error("directory", N_("{value} has no host"), value=repr(directory))
 
 
 def _paths(m: Fields) -> Paths:
@@ -159,7 +163,8 @@ def _paths(m: Fields) -> Paths:
         try:
             grp.getgrnam(paths.key_group)
         except KeyError:
-            m.error("key_group", f"there is no group {paths.key_group!r} on this machine")
+            m.error("key_group", N_("there is no group {group} on this machine"),
+                    group=repr(paths.key_group))
     m.finish()
     return paths
 
@@ -209,12 +214,12 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
     to_node = em.node("to")
     to: list[str] = []
     if to_node is None:
-        em.problems.error(em.line, "alerts.email.to", "is required")
+        em.problems.error(em.line, "alerts.email.to", N_("is required"))
     else:
         for item in to_node.value if isinstance(to_node.value, list) else [to_node]:
             if not isinstance(item.value, str) or "@" not in item.value:
                 em.problems.error(item.line, "alerts.email.to",
-                                  f"{item.value!r} is not an address")
+                                  N_("{value} is not an address"), value=repr(item.value))
             else:
                 to.append(item.value)
     tls = em.flag("tls", D.EMAIL_TLS)
@@ -222,8 +227,8 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
     port_default = D.EMAIL_TLS_PORT if tls else D.EMAIL_PORT
     starttls = em.flag("starttls", starttls_default)
     if tls and starttls:
-        em.error("starttls", "give tls: true (implicit TLS, port 465) or starttls: true "
-                 "(port 587), not both")
+        em.error("starttls", N_("give tls: true (implicit TLS, port 465) or starttls: true "
+                    "(port 587), not both"))
     email = EmailAlerts(
         host=em.text("host"),
         port=em.number("port", port_default, minimum=1, maximum=65535, integer=True),
@@ -238,9 +243,10 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
     )
     if ((email.username or email.password) and not (email.tls or email.starttls)
             and isinstance(email.host, str) and not is_loopback(email.host)):
-        em.error("starttls", f"would send the SMTP password to {email.host} unencrypted: set "
-                 "starttls: true (port 587) or tls: true (port 465); only a relay on this "
-                 "machine (127.0.0.1, ::1, localhost) may take a login in the clear")
+        em.error("starttls", N_("would send the SMTP password to {host} unencrypted: set "
+                    "starttls: true (port 587) or tls: true (port 465); only a relay on this "
+                    "machine (127.0.0.1, ::1, localhost) may take a login in the clear"),
+                 host=email.host)
     em.finish()
     return email
 
@@ -248,7 +254,7 @@ def _email(em: Fields, file_mode: int | None) -> EmailAlerts:
 def _webhook(wh: Fields, file_mode: int | None) -> WebhookAlerts:
     url = wh.text("url")
     if isinstance(url, str) and not _http_url(url):
-        wh.error("url", f"{url!r} is not an http(s) URL")
+        wh.error("url", N_("{value} is not an http(s) URL"), value=repr(url))
     webhook = WebhookAlerts(
         url=url,
         secret=read_secret(wh, "secret", "secret_file", file_mode),
@@ -330,11 +336,11 @@ def _sites(top: Fields, file_mode: int | None) -> Iterator[Site]:
     problems = top.problems
     node = top.node("sites")
     if node is None or node.value is None:
-        problems.error(top.line, "sites", "is required (at least one site with its domains)")
+        problems.error(top.line, "sites", N_("is required (at least one site with its domains)"))
         return
     if not isinstance(node.value, dict):
         problems.error(node.line, "sites",
-                       f"must be a mapping of site name to site, not {kind(node)}")
+                       N_("must be a mapping of site name to site, not {kind}"), kind=kind(node))
         return
     seen: dict[str, str] = {}
     for name, (line, site_node) in node.value.items():
@@ -350,7 +356,8 @@ def _sites(top: Fields, file_mode: int | None) -> Iterator[Site]:
             continue
         for domain in site.domains:
             if domain in seen:
-                problems.warn(line, path, f"{domain} is also a name of site {seen[domain]!r}")
+                problems.warn(line, path, N_("{name} is also a name of site {site}"), name=domain,
+                              site=repr(seen[domain]))
             seen.setdefault(domain, name)
         yield site
 
@@ -376,12 +383,12 @@ def _domains(m: Fields) -> list[str]:
     domains: list[str] = []
     node = m.node("domains")
     if node is None or not node.value:
-        problems.error(m.line, path, "is required: a list of the site's names")
+        problems.error(m.line, path, N_("is required: a list of the site's names"))
     elif not isinstance(node.value, list):
-        problems.error(node.line, path, f"must be a list of names, not {kind(node)}")
+        problems.error(node.line, path, N_("must be a list of names, not {kind}"), kind=kind(node))
     else:
         if len(node.value) > _MAX_NAMES:
-            problems.error(node.line, path, f"at most {_MAX_NAMES} names per certificate")
+            problems.error(node.line, path, N_("at most {n} names per certificate"), n=_MAX_NAMES)
         for index, item in enumerate(node.value):
             item_path = f"{path}[{index}]"
             try:
@@ -390,7 +397,7 @@ def _domains(m: Fields) -> list[str]:
                 problems.error(item.line, item_path, str(error))
                 continue
             if domain in domains:
-                problems.error(item.line, item_path, f"{domain} is listed twice")
+                problems.error(item.line, item_path, N_("{name} is listed twice"), name=domain)
                 continue
             domains.append(domain)
     return domains
@@ -410,24 +417,26 @@ def _challenge(m: Fields, domains: list[str], file_mode: int | None) -> Challeng
     standalone = m.address("standalone", default_host=D.ADDRESS_HOST)
     public = m.flag("standalone_public", D.CHALLENGE_STANDALONE_PUBLIC)
     if webroot and standalone:
-        problems.error(m.key_line("standalone"), m.path, "give webroot or standalone, not both")
+        problems.error(m.key_line("standalone"), m.path,
+                       N_("give webroot or standalone, not both"))
     elif not webroot and not standalone and http_names:
         problems.error(m.line, m.path,
-                       "http-01 needs webroot: DIR (a directory your web server serves) or "
-                       "standalone: \"HOST:PORT\" (mamoru answers on that address itself)"
-                       "; or set type: dns-01")
+                       N_("http-01 needs webroot: DIR (a directory your web server serves) or "
+                          "standalone: \"HOST:PORT\" (mamoru answers on that address itself)"
+                          "; or set type: dns-01"))
     elif (webroot or standalone) and not http_names:
         m.error("webroot" if webroot else "standalone",
-                "is for http-01, and every name of this site uses dns-01: remove it")
+                N_("is for http-01, and every name of this site uses dns-01: remove it"))
     if standalone and not is_loopback(standalone[0]) and not public:
         m.error("standalone",
-                f"{standalone[0]} is not a loopback address; mamoru answers challenges on "
-                "other addresses only with standalone_public: true")
+                N_("{address} is not a loopback address; mamoru answers challenges on "
+                   "other addresses only with standalone_public: true"), address=standalone[0])
     wildcards = [d for d in http_names if d.startswith("*.")]
     if wildcards:
-        problems.error(m.line, m.path, f"{wildcards[0]} is a wildcard: http-01 cannot validate "
-                       "wildcard names (they need dns-01: set type: dns-01, or list it in "
-                       "dns01_names with an rfc2136, provider or hook section)")
+        problems.error(m.line, m.path, N_("{name} is a wildcard: http-01 cannot validate "
+                                          "wildcard names (they need dns-01: set type: dns-01, "
+                                          "or list it in dns01_names with an rfc2136, provider "
+                                          "or hook section)"), name=wildcards[0])
     m.finish()
     return Challenge(type=ctype or D.CHALLENGE_TYPE, webroot=webroot, standalone=standalone,
                      dns01=dns, dns01_names=tuple(dns_names))
@@ -463,11 +472,13 @@ def _server(m: Fields) -> Server:
     )
     if stype in ("nginx", "apache") and not server.conf_dir:
         problems.error(m.line, f"{m.path}.conf_dir",
-                       f"is required for {stype}: the directory mamoru writes <site>.conf into")
+                       N_("is required for {type}: the directory mamoru writes <site>.conf into"),
+                       type=stype)
     if stype in ("nginx", "apache") and mode == "site" and not server.root:
-        problems.error(m.line, f"{m.path}.root", "is required in site mode: the document root")
+        problems.error(m.line, f"{m.path}.root",
+                       N_("is required in site mode: the document root"))
     if stype == "command" and not server.reload:
         problems.error(m.line, f"{m.path}.reload",
-                       "is required for type command: the reload argv")
+                       N_("is required for type command: the reload argv"))
     m.finish()
     return server
