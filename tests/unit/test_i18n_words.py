@@ -270,3 +270,24 @@ def test_config_problems_are_said_in_japanese_with_their_place(tmp_path: Path) -
         assert japanese.startswith(where), japanese
         assert japanese != str(problem) and JAPANESE.search(japanese), japanese
         assert not LEFTOVER.search(japanese), japanese
+
+
+def test_mamoru_log_says_logged_events_again_in_japanese() -> None:
+    """`mamoru log` reads the English JSONL and puts each known event into the reader's words;
+    an event the table cannot word keeps its logged message."""
+    from mamoru.observe.logquery import render_line
+
+    logged = {"time": "2030-01-01T00:00:00Z", "kind": "issued", "level": "info",
+              "site": "clinic", "message": "certificate 0a issued, valid until 2030-03-01 "
+              "00:00 UTC", "serial": "0a", "not_after": "2030-03-01T00:00:00Z"}
+    odd = {**logged, "kind": "issued", "serial": None, "message": "as logged"}
+    assert render_line(logged).endswith("certificate 0a issued, valid until 2030-03-01 00:00 UTC")
+    i18n.setup("ja")
+    try:
+        line = render_line(logged)
+        kept = render_line({k: v for k, v in odd.items() if v is not None})
+    finally:
+        i18n.setup("en")
+    assert line.endswith("証明書 0a が発行されました。有効期限は 2030-03-01 00:00 UTC です"), line
+    assert " issued " in line  # the kind stays English
+    assert kept.endswith("as logged")

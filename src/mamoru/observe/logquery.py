@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mamoru import i18n
 from mamoru.clock import parse_time
+from mamoru.observe.messages import MESSAGES, fallback, render
 
 _SPAN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*\Z", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -123,7 +125,7 @@ def render_line(event: dict[str, Any]) -> str:
     mark = {"error": "ERR ", "warning": "WARN", "notice": "NOTE"}.get(level, "    ")
     site = str(event.get("site") or "-")
     kind = str(event.get("kind") or "?")
-    message = " ".join(str(event.get("message") or "").split())
+    message = " ".join(_words(event, kind).split())
     line = f"{stamp}  {mark}  {site:<16} {kind:<12} {message}"
     if level in ERROR_LEVELS:
         extra = [f"{k}={event[k]}" for k in ("problem_type", "detail")
@@ -131,6 +133,21 @@ def render_line(event: dict[str, Any]) -> str:
         if extra:
             line += "  [" + "; ".join(extra) + "]"
     return line
+
+
+_OWN_KEYS = frozenset({"time", "kind", "level", "site", "message"})
+
+
+def _words(event: dict[str, Any], kind: str) -> str:
+    """The logged (English) message, or the event put into words again in the language
+    mamoru.i18n chose (the log keeps every field, so old events read the same)."""
+    logged = str(event.get("message") or "")
+    lang = i18n.language()
+    if lang == "en" or kind not in MESSAGES:
+        return logged
+    fields = {key: value for key, value in event.items() if key not in _OWN_KEYS}
+    text = render(kind, fields, site=event.get("site"), lang=lang)
+    return logged if text == fallback(kind, fields) else text
 
 
 def to_json_line(event: dict[str, Any]) -> str:
