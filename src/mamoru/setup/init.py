@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mamoru.config import load_config_text
 from mamoru.errors import MamoruError, UsageError
+from mamoru.i18n import _
 
 SERVERS = ("nginx", "apache")
 DEFAULT_WEBROOT = "/var/www/html"
@@ -80,12 +81,13 @@ def detect(server: str | None = None, *, root: Path = Path("/"),
         installed = [s for s in SERVERS if _installed(root, s)]
         candidates = running or installed
         if not candidates:
-            raise UsageError("found neither nginx nor Apache on this machine: install one, or "
-                             "say which with --server nginx|apache")
+            raise UsageError(_("found neither nginx nor Apache on this machine: install one, "
+                               "or say which with --server nginx|apache"))
         if len(candidates) > 1:
-            what = "both run" if running else "both are installed"
-            raise UsageError(f"nginx and Apache {what} here: say which serves the site with "
-                             "--server nginx|apache")
+            raise UsageError(_("nginx and Apache both run here: say which serves the site with "
+                               "--server nginx|apache") if running else
+                             _("nginx and Apache both are installed here: say which serves the "
+                               "site with --server nginx|apache"))
         server = candidates[0]
     if server == "nginx":
         return _nginx(root, systemd, active["nginx"])
@@ -125,9 +127,9 @@ def _nginx(root: Path, systemd: bool, running: bool) -> Machine:
         machine.default_site = "/" + str(path.relative_to(root))
         break
     else:
-        machine.notes.append(
+        machine.notes.append(_(
             "no default port-80 server found in /etc/nginx: the first certificate needs one "
-            f"that serves {machine.webroot}/.well-known/acme-challenge/")
+            "that serves {webroot}/.well-known/acme-challenge/").format(webroot=machine.webroot))
     return machine
 
 
@@ -144,21 +146,23 @@ def _apache(root: Path, systemd: bool, running: bool) -> Machine:
         if not host or not docroot or "SSLEngine" in text:
             continue
         address = host.group(1)
-        addr, _, port = address.rpartition(":")
+        addr, _colon, port = address.rpartition(":")
         machine.http_listen = port if addr in ("*", "_default_", "") else address
         machine.webroot = docroot.group(1).strip("\"'")
         machine.default_site = "/" + str(path.relative_to(root))
         break
     else:
-        machine.notes.append(
-            f"no port-80 VirtualHost found in {conf_dir}: the first certificate needs one that "
-            f"serves {machine.webroot}/.well-known/acme-challenge/")
+        machine.notes.append(_(
+            "no port-80 VirtualHost found in {dir}: the first certificate needs one that "
+            "serves {webroot}/.well-known/acme-challenge/").format(dir=conf_dir,
+                                                                   webroot=machine.webroot))
     if debian:
         missing = [m for m in ("ssl", "rewrite", "headers")
                    if not (root / f"etc/apache2/mods-enabled/{m}.load").exists()]
         if missing:
-            machine.notes.append(f"Apache needs these modules for mamoru's site: "
-                                 f"a2enmod {' '.join(missing)} && systemctl restart apache2")
+            machine.notes.append(_("Apache needs these modules for mamoru's site: a2enmod "
+                                   "{modules} && systemctl restart apache2").format(
+                modules=" ".join(missing)))
     return machine
 
 
@@ -245,8 +249,8 @@ def render(answers: Answers, machine: Machine) -> str:
 
 def refuse_existing(path: str) -> None:
     if os.path.lexists(path):
-        raise UsageError(f"{path} exists; mamoru init never replaces a config (edit it, or "
-                         "give another file with -c FILE)")
+        raise UsageError(_("{path} exists; mamoru init never replaces a config (edit it, or "
+                           "give another file with -c FILE)").format(path=path))
 
 
 def write_config(path: str, text: str) -> None:
@@ -257,9 +261,11 @@ def write_config(path: str, text: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        raise UsageError(f"{path} exists; mamoru init never replaces a config") from None
+        raise UsageError(_("{path} exists; mamoru init never replaces a config").format(
+            path=path)) from None
     except OSError as error:
-        raise MamoruError(f"cannot create {path}: {error.strerror}") from None
+        raise MamoruError(_("cannot create {path}: {why}").format(path=path,
+                                                                  why=error.strerror)) from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 
