@@ -250,7 +250,7 @@ def test_config_problems_are_said_in_japanese_with_their_place(tmp_path: Path) -
     from mamoru.config.load import load_config_text
     from mamoru.config.yamlnodes import localized
 
-    text = ("acme: {directory: 42, contact: [1]}\n"
+    text = ("acme: {directory: 42, contact: [1], ca_bundle: /nonexistent/ca.pem}\n"
             f"paths: {{state: relative/dir, live: {tmp_path}/l, event_log: {tmp_path}/e}}\n"
             "renewal: {jitter_fraction: 7}\n"
             "sites: {}\nsurprise: 1\n")

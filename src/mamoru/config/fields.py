@@ -59,7 +59,7 @@ class Fields:
     def child_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, message: str, **params: Any) -> None:
+    def error(self, key: str, message: str, /, **params: Any) -> None:
         """Record a problem of `key`, at the key's line (the mapping's when it is absent);
         `message` and `params` as for Problems.error."""
         self.problems.error(self.key_line(key), self.child_path(key), message, **params)

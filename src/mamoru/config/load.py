@@ -62,7 +62,7 @@ def load_config_text(
     return settings
 
 
-def _unreadable(path: str, message: str, **params: Any) -> ConfigError:
+def _unreadable(path: str, message: str, /, **params: Any) -> ConfigError:
     """The error for a config file that cannot be read as text at all."""
     problems = Problems(path)
     problems.error(None, "", message, **params)

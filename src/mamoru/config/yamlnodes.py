@@ -50,12 +50,12 @@ class Problems:
         self.errors: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
 
-    def error(self, line: int | None, path: str, message: str, **params: Any) -> None:
+    def error(self, line: int | None, path: str, message: str, /, **params: Any) -> None:
         """Record an error. `message` is an English message id; with `params` it is a template
         (`{name}` placeholders) filled with them, so it can be translated when shown."""
         self.errors.append(_problem(self.file, line, path, message, "error", params))
 
-    def warn(self, line: int | None, path: str, message: str, **params: Any) -> None:
+    def warn(self, line: int | None, path: str, message: str, /, **params: Any) -> None:
         self.warnings.append(_problem(self.file, line, path, message, "warning", params))
 
 
