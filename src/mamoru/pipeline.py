@@ -14,14 +14,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mamoru.app import App
 from mamoru.config.model import Site
 from mamoru.errors import Cancelled, ChallengeFailed, IssuanceError, LockBusy, MamoruError
-from mamoru.issuance import Issued, obtain_for_site
-from mamoru.protocol.errors import AccountGone
-from mamoru.protocol.session import AcmeSession
 from mamoru.renewal import due
 from mamoru.renewal.backoff import (
     FAILED_VALIDATIONS_PER_HOUR,
@@ -31,6 +28,11 @@ from mamoru.renewal.backoff import (
 from mamoru.renewal.policy import Decision, Window
 from mamoru.storage import CertVersion
 from mamoru.storage.sitestate import AriWindow, SiteState
+
+if TYPE_CHECKING:  # the ACME stack is imported by the first order, not by importing this
+    # module (the daemon's resident process uses recover_interrupted and nothing else)
+    from mamoru.issuance import Issued
+    from mamoru.protocol.session import AcmeSession
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 600.0  # a second run on the same site waits for the first, then re-checks
@@ -218,6 +220,9 @@ def reinstall(run: Run, current: CertVersion, decision: Decision) -> Outcome:
 def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
     """One order for the run's site on the shared account. A CA that forgot or deactivated
     the account gets a new one, once, and the order goes again."""
+    from mamoru.issuance import obtain_for_site
+    from mamoru.protocol.errors import AccountGone
+
     site, app = run.site, run.app
 
     def attempt(session: AcmeSession) -> Issued:
@@ -422,25 +427,56 @@ class Interrupted(MamoruError):
             "mamoru backs off meanwhile.")
 
 
+class RunLost(MamoruError):
+    """A site's run ended without reporting how: the process doing it (the daemon's worker)
+    died before it finished. Counted as a transient failure."""
+
+    retryable = True
+    hint = Interrupted.hint
+
+
 def recover_interrupted(site: Site, app: App) -> tuple[datetime, str] | None:
     """If the site's last attempt was interrupted, record it as a failed attempt (backoff) and
     return (next attempt, since when it was in flight); else None. Does nothing when another
     process holds the site's lock (its attempt is not interrupted, it is running)."""
+    recorded = _record_interrupted(site, app, None)
+    return None if recorded is None else (recorded[1], recorded[2] or "?")
+
+
+def record_lost_run(site: Site, app: App, error: MamoruError
+                    ) -> tuple[str, datetime, str | None] | None:
+    """The run of `site` ended without reporting (its worker process died). An attempt that
+    was ordering is recorded as interrupted (as `recover_interrupted` does at a start); a run
+    that had not begun to order as a failed attempt with `error`. Either way the next attempt
+    backs off, so a crashing run never orders again at once. Returns (error class, next
+    attempt, since when the order was in flight or None), or None when the site's lock is held
+    (a run of it is alive) or its state cannot be written."""
+    return _record_interrupted(site, app, error)
+
+
+def _record_interrupted(site: Site, app: App, lost: MamoruError | None
+                        ) -> tuple[str, datetime, str | None] | None:
     try:
         with app.storage.lock(site.name, timeout=0):
             run = Run(site, app, app.storage.load_state(site.name))
             marker = run.state.in_flight
-            if marker is None:
+            if marker is None and lost is None:
                 return None
-            since = marker.since.isoformat() if marker.since.year > 1 else "?"
-            error = Interrupted(f"the attempt started at {since} never finished (the process "
-                                "was stopped mid-way)")
             now = app.clock()
             when = next_attempt(retryable=True, attempt=run.attempt, now=now,
                                 settings=app.settings.renewal, rng=app.rng)
+            if marker is None:
+                assert lost is not None
+                run.save(run.state.failed(
+                    now=now, next_attempt=when, error_class=lost.kind, message=str(lost),
+                    retryable=True, problem={}, site_config=fingerprint(run)))
+                return lost.kind, when, None
+            since = marker.since.isoformat() if marker.since.year > 1 else "?"
+            error = Interrupted(f"the attempt started at {since} never finished (the process "
+                                "was stopped mid-way)")
             run.save(run.state.interrupted(now=now, next_attempt=when, message=str(error),
                                            site_config=fingerprint(run)))
-            return when, since
+            return error.kind, when, since
     except (LockBusy, MamoruError):
         return None
 

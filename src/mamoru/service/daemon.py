@@ -31,7 +31,18 @@ of WATCHDOG_USEC from a scheduler job (so a stuck scheduler stops the pings); RE
 READY=1 around a reload; STOPPING=1 at shutdown.
 
 Memory: the daemon holds the config, one small job and one (time, failing) pair per site;
-certificates and state are read from disk when a site's job runs and dropped after.
+it reads each site's state.json (never a certificate) to plan its next check. The work of a
+job (ACME, cryptography, install, verify) runs in a short-lived worker process
+(service/worker.py) whose memory goes back to the system when it exits; the daemon's job
+thread waits for the worker's word and plans from the state the worker saved. The worker's
+events come back to the daemon and go to its sinks (event log, journal, metrics, alerts,
+outbox). A worker that dies (kill -9, a crash) costs its sites one failed attempt with backoff
+(pipeline.record_lost_run): nothing is ordered again at once, and the daemon carries on.
+At SIGTERM the workers get SIGTERM too (their waits end with `Cancelled`; an install under
+way finishes), have STOP_GRACE_SECONDS to report, then WORKER_EXIT_SECONDS to exit; one still
+running after that is killed and its attempt recovered at the next start.
+`Daemon(app, isolate=False)` runs jobs on its own threads instead (tests with an injected
+clock).
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ from mamoru.config.model import Settings, Site
 from mamoru.errors import Cancelled, MamoruError
 from mamoru.renewal import due
 from mamoru.service.sdnotify import Notifier
+from mamoru.service.worker import Workers
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +83,8 @@ log = logging.getLogger(__name__)
 # once; an install finishes its config test and reload) before the process exits regardless.
 # Well inside mamoru.service's TimeoutStopSec=30.
 STOP_GRACE_SECONDS = 10.0
+# Then workers still running get this long to exit (the sum stays inside TimeoutStopSec=30).
+WORKER_EXIT_SECONDS = 12.0
 # How long queued alerts may take to go out at shutdown (the rest go out at the next start).
 EVENTS_CLOSE_SECONDS = 5.0
 # A job that could not tell when to run next (its state could not be written) runs again after
@@ -93,8 +107,9 @@ class Daemon:
     or by `run()`; they may run concurrently and take `self._lock` for shared state."""
 
     def __init__(self, app: App, *, notifier: Notifier | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, isolate: bool = True) -> None:
         self.app = app
+        self.workers = Workers(app) if isolate else None
         self.notifier = notifier or Notifier()
         self.config_path = config_path or app.settings.config_file
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -195,9 +210,17 @@ class Daemon:
         self.notifier.stopping("stopping" + (f"; cancelling {', '.join(running)}"
                                              if running else ""))
         self.app.stop.set()
+        if self.workers is not None:
+            self.workers.signal_all(signal.SIGTERM)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         left = self._wait_idle(STOP_GRACE_SECONDS)
+        if self.workers is not None:
+            self.workers.close_all()
+            if not self.workers.wait(WORKER_EXIT_SECONDS):
+                self.workers.signal_all(signal.SIGKILL)  # recovered at the next start
+                self.workers.wait(2.0)
+            left = self._wait_idle(1.0)
         self.app.events.emit("stopped", None, abandoned=left or None,
                              grace=STOP_GRACE_SECONDS if left else None)
         self.app.events.close(EVENTS_CLOSE_SECONDS)
@@ -308,20 +331,28 @@ class Daemon:
             self.schedule(name, now + timedelta(seconds=MIN_RESCHEDULE_SECONDS))
 
     def _run_site(self, name: str) -> datetime | None:
-        """The job: one pass of the pipeline for site `name`; returns when to run next."""
-        from mamoru.pipeline import provision
-
+        """The job: one pass of the pipeline for site `name` (in a worker process); returns
+        when to run next."""
         with self._lock:
             site = self._sites.get(name)
             if site is None or self._stopping.is_set():
                 return None
             self._running.add(name)
             self._rerun.discard(name)
-        outcome = None
+        cancelled = ran = False
         try:
-            outcome = provision(site, self.app)
+            if self.workers is None:
+                from mamoru.pipeline import provision
+
+                cancelled = isinstance(provision(site, self.app).error, Cancelled)
+            else:
+                result = self.workers.run(name)
+                cancelled = result.status == "cancelled"
+                if result.status == "lost" and not self._stopping.is_set():
+                    self._lost(site, result.detail)
             state = self.app.storage.load_state(name)
             when = state.next_run()
+            ran = True
         except Exception:  # provision never raises for a site's own failure; a bug here must
             log.exception("site %s: unexpected error in the daemon", name)  # not stop the site
             when = None
@@ -330,8 +361,7 @@ class Daemon:
                 self._running.discard(name)
                 rerun = name in self._rerun
                 self._idle.notify_all()
-        if self._stopping.is_set() or (outcome is not None
-                                       and isinstance(outcome.error, Cancelled)):
+        if self._stopping.is_set() or cancelled:
             return None
         now = self.app.clock()
         if rerun:
@@ -339,11 +369,33 @@ class Daemon:
         elif when is None or when <= now:
             when = now + timedelta(seconds=max(self.app.settings.renewal.retry_first_seconds,
                                                MIN_RESCHEDULE_SECONDS))
-        if outcome is not None:
+        if ran:
             with self._lock:
                 self._plans[name] = state.planned()
         self.notifier.status(self.status_text())
         return when
+
+    def _lost(self, site: Site, detail: str) -> None:
+        """A worker died before reporting the site's run: one failed attempt, with backoff."""
+        from mamoru.pipeline import RunLost, record_lost_run
+
+        error = RunLost(f"{detail} before the run of this site finished")
+        recorded = record_lost_run(site, self.app, error)
+        if recorded is None:
+            return  # another run holds the site (it is alive) or the disk refused
+        kind, retry, since = recorded
+        if since is not None:  # it was ordering: as after a crash of the whole daemon
+            self.app.events.emit(
+                "failed", site.name, since=since, error_class=kind, retryable=True,
+                next_attempt=retry, outcome="failed", names=list(site.domains))
+            self.app.events.emit("backoff", site.name, next_due=retry,
+                                 why="backoff after an interrupted attempt", error_class=kind)
+            return
+        self.app.events.emit(
+            "failed", site.name, error=str(error), hint=error.hint, error_class=kind,
+            retryable=True, next_attempt=retry, outcome="failed", names=list(site.domains))
+        self.app.events.emit("backoff", site.name, next_due=retry,
+                             why="backoff after its worker process died", error_class=kind)
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -377,6 +429,8 @@ class Daemon:
             new = dataclasses.replace(new, **{name: getattr(old, name) for name in fixed})
         acme_changed = old.acme != new.acme
         self.app.settings = new
+        if self.workers is not None:
+            self.workers.retire()  # the next sites go to a worker with the new settings
         if acme_changed:
             self.app.reset_session()
         self._use_pool(new.acme.max_concurrent_orders)
