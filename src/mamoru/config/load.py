@@ -13,8 +13,6 @@ import os
 
 from mamoru.config import defaults as D
 from mamoru.config.model import Settings
-from mamoru.config.schema import build
-from mamoru.config.yamlnodes import Problems, compose
 from mamoru.errors import ConfigError, ConfigProblem
 
 _MAX_BYTES = 1024 * 1024  # a clinic's config is a few kilobytes; refuse absurd input early
@@ -49,6 +47,11 @@ def load_config_text(
 ) -> Settings:
     """Validate config `text` (named `filename` in messages; `file_mode` is the st_mode of the
     file it came from, for the warning about readable secrets). Raises ConfigError."""
+    # YAML and the schema are imported here, not with the module: a process that only holds
+    # Settings (the resident daemon, service/worker.py) never loads them.
+    from mamoru.config.schema import build
+    from mamoru.config.yamlnodes import Problems, compose
+
     problems = Problems(filename)
     root = compose(text, problems)
     settings = None

@@ -58,24 +58,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.events import (
-    EVENT_JOB_ERROR,
-    EVENT_JOB_EXECUTED,
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    JobEvent,
-)
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 from mamoru.app import App
 from mamoru.config.model import Settings, Site
 from mamoru.errors import Cancelled, MamoruError
 from mamoru.renewal import due
+from mamoru.service.scheduler import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    BackgroundScheduler,
+    DateTrigger,
+    IntervalTrigger,
+    JobEvent,
+    ThreadPoolExecutor,
+)
 from mamoru.service.sdnotify import Notifier
-from mamoru.service.worker import Workers
+from mamoru.service.worker import Workers, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -401,11 +400,9 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: read the config again; keep the old one if the new one has errors."""
-        from mamoru.config import load_config
-
         self.notifier.reloading("reloading the config")
         try:
-            new = load_config(self.config_path)
+            new = load_settings(self.config_path)
         except MamoruError as error:
             problems = [str(p) for p in getattr(error, "problems", [])] or None
             self.app.events.emit("config-rejected", None, error=str(error), level=3,
