@@ -210,7 +210,7 @@ class Daemon:
                                              if running else ""))
         self.app.stop.set()
         if self.workers is not None:
-            self.workers.signal_all(signal.SIGTERM)
+            self.workers.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         left = self._wait_idle(STOP_GRACE_SECONDS)

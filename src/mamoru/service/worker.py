@@ -280,17 +280,21 @@ class Worker:
         return (not self.closed and not self.retired and self.proc.poll() is None
                 and self.handed < MAX_SITES and time.monotonic() - self.born < MAX_AGE_SECONDS)
 
-    def submit(self, name: str) -> _Waiter:
+    def submit(self, name: str) -> _Waiter | None:
+        """Hand site `name` over; None when this worker is ending or gone (the site was not
+        handed over: give it to another one)."""
         waiter = _Waiter()
         with self._lock:
+            if self.closed:  # its linger ran out, or it died, since it was picked
+                return None
             if self._linger is not None:
                 self._linger.cancel()
                 self._linger = None
+            if not self._send(("site", name)):
+                self.closed = True  # it died: its reader thread reports the rest
+                return None
             self.pending[name] = waiter
             self.handed += 1
-            sent = self._send(("site", name))
-        if not sent:
-            self._fail(name, Result("lost", "the worker process could not be reached"))
         return waiter
 
     def _fail(self, name: str, result: Result) -> None:
@@ -387,30 +391,44 @@ class Workers:
         self._lock = threading.Lock()
         self._current: Worker | None = None
         self._alive: set[Worker] = set()
+        self._stopping = False
         self.started = 0  # workers started so far (for tests and the leak run)
 
     def run(self, name: str) -> Result:
         """Run site `name`'s pipeline in a worker; blocks until it is over."""
+        for _ in range(3):
+            with self._lock:
+                if self._stopping:
+                    return Result("cancelled")
+                worker = self._current
+                if worker is None or not worker.accepts():
+                    if worker is not None:
+                        worker.retired = True
+                        worker.idle()
+                    try:
+                        worker = self._start()
+                    except OSError as error:
+                        return Result("lost", f"the worker process could not start: {error}")
+            waiter = worker.submit(name)
+            if waiter is not None:
+                waiter.done.wait()
+                return waiter.result
+            with self._lock:  # it ended meanwhile: the next try starts a new one
+                if self._current is worker:
+                    self._current = None
+        return Result("lost", "no worker process took the site")
+
+    def _start(self) -> Worker:
+        """With `_lock` held: a new current worker."""
         from mamoru import i18n
 
-        with self._lock:
-            worker = self._current
-            if worker is None or not worker.accepts():
-                if worker is not None:
-                    worker.retired = True
-                    worker.idle()
-                hello = ("hello", self.app.settings, i18n.language(),
-                         logging.getLogger().getEffectiveLevel())
-                try:
-                    worker = Worker(self.argv, hello, self._forward, self._exited)
-                except OSError as error:
-                    return Result("lost", f"the worker process could not start: {error}")
-                self._current = worker
-                self._alive.add(worker)
-                self.started += 1
-        waiter = worker.submit(name)
-        waiter.done.wait()
-        return waiter.result
+        hello = ("hello", self.app.settings, i18n.language(),
+                 logging.getLogger().getEffectiveLevel())
+        worker = Worker(self.argv, hello, self._forward, self._exited)
+        self._current = worker
+        self._alive.add(worker)
+        self.started += 1
+        return worker
 
     def _forward(self, kind: str, site: str | None, message: str, fields: dict[str, Any],
                  when: datetime, level: int) -> None:
@@ -436,6 +454,13 @@ class Workers:
     def alive(self) -> list[Worker]:
         with self._lock:
             return list(self._alive)
+
+    def stop(self) -> None:
+        """The daemon is stopping: no new worker, and SIGTERM to those running (their waits
+        end with `Cancelled`; each reports its sites and is then told to end)."""
+        with self._lock:
+            self._stopping = True
+        self.signal_all(signal.SIGTERM)
 
     def signal_all(self, signum: int) -> None:
         for worker in self.alive():
@@ -488,7 +513,7 @@ def serve(inp: IO[bytes], out: IO[bytes]) -> int:
     if hello is None or hello[0] != "hello":
         return EXIT_ORPHANED
     settings: Settings = hello[1]
-    i18n.setup(hello[2] if hello[2] != "en" else None)
+    i18n.setup(str(hello[2]))  # the daemon's language, whatever chose it
     logging.basicConfig(level=int(hello[3]), format="%(levelname)s %(name)s: %(message)s")
     sink = _ForwardSink(out)
     app = build_app(settings, sinks=[sink], stderr=False, event_log=False, observers=False)
