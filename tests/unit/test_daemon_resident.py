@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,3 +96,50 @@ def test_a_torn_frame_reads_as_the_end() -> None:
     torn = io.BytesIO(stream.getvalue()[:-3])
     assert read_frame(torn) is None
     assert read_frame(io.BytesIO(b"")) is None
+
+
+def test_a_worker_that_dies_before_a_site_orders_costs_it_one_attempt_with_backoff(
+        tmp_path: Path) -> None:
+    # A real Daemon and real storage; its worker is a process that kills itself at once, so
+    # the site's run is lost before anything was ordered (no in-flight marker).
+    from mamoru.app import build_app
+    from mamoru.config import load_config_text
+    from mamoru.observe.sinks import MemorySink
+    from mamoru.service.daemon import Daemon
+
+    settings = load_config_text(textwrap.dedent(f"""
+        acme: {{directory: "https://127.0.0.1:9/directory"}}
+        renewal: {{retry_first_seconds: 60}}
+        paths: {{state: {tmp_path}/state, live: {tmp_path}/live,
+                 event_log: {tmp_path}/events.jsonl}}
+        sites:
+          clinic: {{domains: [clinic.example], challenge: {{webroot: {tmp_path}/www}}}}
+    """))
+    memory = MemorySink()
+    app = build_app(settings, sinks=[memory], stderr=False)
+    daemon = Daemon(app)
+    assert daemon.workers is not None
+    daemon.workers.argv = [sys.executable, "-c",
+                           "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 30
+        while app.storage.load_state("clinic").attempts < 1:
+            assert time.monotonic() < deadline, [e.kind for e in memory.events]
+            time.sleep(0.02)
+        time.sleep(0.2)  # the job reschedules after recording
+        state = app.storage.load_state("clinic")
+        assert state.attempts == 1 and state.in_flight is None
+        assert state.last_attempt is not None
+        assert state.last_attempt.error_class == "RunLost"
+        assert "SIGKILL" in (state.last_attempt.message or "")
+        assert state.next_attempt is not None
+        wait = (state.next_attempt - datetime.now(UTC)).total_seconds()
+        assert 30 < wait <= 60 * 1.1 + 1, wait  # the first retry's backoff (jittered)
+        failed = [e for e in memory.events if e.kind == "failed"]
+        assert [e.get("error_class") for e in failed] == ["RunLost"]
+        assert [e.kind for e in memory.events].count("backoff") == 1
+        assert daemon.jobs()["clinic"] == state.next_attempt  # planned from the state
+        assert daemon.workers.started == 1  # the daemon did not try again meanwhile
+    finally:
+        daemon.stop()
