@@ -18,8 +18,13 @@ same for its worker processes (its children running `mamoru.service.worker`).
 
 Verdict (exit status 1 if it fails):
 - the daemon's RSS after `--renewals` renewals is within 2 MB of its RSS after 20;
-- no count grows: the daemon's threads, fds and sockets over the last quarter of the run are
-  no more than over the first quarter (medians, and the maxima);
+- no count grows: the daemon's threads, fds and sockets over the last quarter of the run
+  (after 20 renewals) have a median no higher than over the first quarter, and a maximum at
+  most OVERLAP above the first half's. A worker taking over from one that is ending holds its
+  two pipes and its reader thread (and the old one's linger timer) beside the old one's for a
+  moment: a 1-second sample catches that peak or not, so the maxima are compared with that
+  allowance; a leak of one fd or thread per worker (20-40 workers a run) or per renewal shows
+  far beyond it, and in the medians;
 - every renewal was a real one: orders at Pebble == provisioned + renewed events, no site
   failed.
 """
@@ -49,6 +54,7 @@ from tests.servers.ports import free_port  # noqa: E402
 
 MAMORU = [sys.executable, "-m", "mamoru.cli"]
 RSS_SLACK_MB = 2.0
+OVERLAP = {"threads": 2, "fds": 2, "sockets": 0}  # one more worker's, for a moment
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Report:
     at_20: dict[str, Any] = field(default_factory=dict)
     at_end: dict[str, Any] = field(default_factory=dict)
     first_quarter: dict[str, float] = field(default_factory=dict)
+    first_half: dict[str, float] = field(default_factory=dict)
     last_quarter: dict[str, float] = field(default_factory=dict)
     worker_rss_mb_max: float = 0.0
     workers_seen: int = 0
@@ -173,7 +180,8 @@ def sample(pid: int, renewals: int, started: float, seen: set[int]) -> Sample:
 
 def quarter(samples: list[Sample], which: str) -> dict[str, float]:
     n = max(1, len(samples) // 4)
-    part = samples[:n] if which == "first" else samples[-n:]
+    part = {"first": samples[:n], "last": samples[-n:],
+            "first_half": samples[:max(1, len(samples) // 2)]}[which]
     out: dict[str, float] = {}
     for key in ("rss_mb", "threads", "fds", "sockets"):
         values = [getattr(s, key) for s in part]
@@ -242,6 +250,7 @@ def run(args: argparse.Namespace, work: Path) -> Report:
         after = [s for s in samples if s.renewals >= 20]
         if after:
             report.first_quarter = quarter(after, "first")
+            report.first_half = quarter(after, "first_half")
             report.last_quarter = quarter(after, "last")
         report.worker_rss_mb_max = max((s.worker_rss_mb for s in samples), default=0.0)
         report.workers_seen = len(seen)
@@ -274,14 +283,14 @@ def judge(report: Report) -> None:
                                    "renewals")
     elif not report.problems:
         report.problems.append("too few renewals to judge")
-    first, last = report.first_quarter, report.last_quarter
+    first, half, last = report.first_quarter, report.first_half, report.last_quarter
     for key in ("threads", "fds", "sockets"):
         if first and (last[f"{key}_median"] > first[f"{key}_median"]
-                      or last[f"{key}_max"] > first[f"{key}_max"]):
+                      or last[f"{key}_max"] > half[f"{key}_max"] + OVERLAP[key]):
             report.problems.append(
-                f"{key} grew: first quarter median {first[key + '_median']:g} / max "
-                f"{first[key + '_max']:g}, last quarter {last[key + '_median']:g} / "
-                f"{last[key + '_max']:g}")
+                f"{key} grew: median {first[key + '_median']:g} in the first quarter, "
+                f"{last[key + '_median']:g} in the last; max {half[key + '_max']:g} in the "
+                f"first half, {last[key + '_max']:g} in the last quarter")
     if report.failed:
         report.problems.append(f"{report.failed} failed events")
     # Orders stop being counted when the last sample is taken; a few more may finish while
@@ -303,17 +312,33 @@ def describe(report: Report) -> str:
             lines.append(f"  daemon {key:8} after {a['renewals']:>5} renewals: {a[key]:>7.1f}"
                          f"{unit}   after {b['renewals']:>5}: {b[key]:>7.1f}{unit}")
     if report.first_quarter:
-        f, last = report.first_quarter, report.last_quarter
-        lines.append("  medians (max) first quarter / last quarter: " + ", ".join(
-            f"{key} {f[key + '_median']:g} ({f[key + '_max']:g}) / "
-            f"{last[key + '_median']:g} ({last[key + '_max']:g})"
-            for key in ("rss_mb", "threads", "fds", "sockets")))
+        f, h, last = report.first_quarter, report.first_half, report.last_quarter
+        lines.append("  median first quarter / last quarter, max first half / last quarter: "
+                     + ", ".join(
+                         f"{key} {f[key + '_median']:g} / {last[key + '_median']:g}, "
+                         f"{h[key + '_max']:g} / {last[key + '_max']:g}"
+                         for key in ("rss_mb", "threads", "fds", "sockets")))
     lines.append(f"  workers: {report.workers_seen} started and gone, largest "
                  f"{report.worker_rss_mb_max:.1f} MB")
     lines.append(f"  SIGTERM -> exit {report.exit_code} in {report.stop_seconds:g} s")
     lines.append("verdict: " + ("ok (RSS within 2 MB of RSS after 20 renewals; no count grew)"
                                 if not report.problems else "FAIL: " + "; ".join(report.problems)))
     return "\n".join(lines)
+
+
+def rejudge(path: str) -> Report:
+    """The verdict again from a saved --json report (e.g. after changing the criteria)."""
+    data = json.loads(Path(path).read_text())
+    samples = [Sample(**s) for s in data.pop("samples")]
+    report = Report(**{k: v for k, v in data.items() if k in Report.__dataclass_fields__})
+    report.problems = []
+    after = [s for s in samples if s.renewals >= 20]
+    report.first_quarter = quarter(after, "first")
+    report.first_half = quarter(after, "first_half")
+    report.last_quarter = quarter(after, "last")
+    report.samples = [asdict(s) for s in samples]
+    judge(report)
+    return report
 
 
 def main() -> int:
@@ -326,7 +351,12 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--workdir", metavar="DIR")
     parser.add_argument("--json", metavar="FILE", help="write the report with every sample")
+    parser.add_argument("--rejudge", metavar="FILE", help="print the verdict of a --json FILE")
     args = parser.parse_args()
+    if args.rejudge:
+        report = rejudge(args.rejudge)
+        print(describe(report))
+        return 1 if report.problems else 0
     if args.workdir:
         work = Path(args.workdir)
         work.mkdir(parents=True, exist_ok=True)
