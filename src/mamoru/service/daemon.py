@@ -21,9 +21,11 @@ handler, so no lock is ever taken inside one):
   added are scheduled, removed ones dropped, changed ones checked at once; a change of the
   `acme` section resets the ACME session and retries sites that were backing off. `paths`,
   `alerts` and `metrics` changes need a restart (reported).
-- SIGTERM / SIGINT: `app.stop` is set, so every wait of the ACME session and of verification
-  ends at once with `Cancelled` (challenge cleanup still runs); in-flight work is given
-  STOP_GRACE_SECONDS to end, then the process exits. A second signal exits at once.
+- SIGTERM / SIGINT: the workers get SIGTERM (their `app.stop` is set, so every wait of the
+  ACME session and of verification ends at once with `Cancelled`; challenge cleanup still
+  runs, an install under way finishes); in-flight work is given STOP_GRACE_SECONDS to end and
+  the workers WORKER_EXIT_SECONDS more to exit, then the process exits. A second signal kills
+  the workers and exits at once (their attempts are recovered at the next start).
 
 systemd (sdnotify.Notifier; nothing happens outside systemd): READY=1 once every site is
 scheduled; STATUS= after every check ("3 sites, next renewal clinic at ..."); WATCHDOG=1 at half
@@ -123,6 +125,7 @@ class Daemon:
         self._executor = ""
         self._executor_object: ThreadPoolExecutor | None = None
         self._signal_pipe: tuple[int, int] | None = None
+        self._hurry = False  # a second stop signal: stop at once
 
     # -- the main thread -------------------------------------------------------------------
 
@@ -216,7 +219,7 @@ class Daemon:
         left = self._wait_idle(STOP_GRACE_SECONDS)
         if self.workers is not None:
             self.workers.close_all()
-            if not self.workers.wait(WORKER_EXIT_SECONDS):
+            if self._hurry or not self.workers.wait(WORKER_EXIT_SECONDS):
                 self.workers.signal_all(signal.SIGKILL)  # recovered at the next start
                 self.workers.wait(2.0)
             left = self._wait_idle(1.0)
@@ -246,6 +249,7 @@ class Daemon:
                 if read_fd is not None and select.select([read_fd], [], [], 0)[0]:
                     received = os.read(read_fd, 64)
                     if signal.SIGTERM in received or signal.SIGINT in received:
+                        self._hurry = True
                         break
             return sorted(self._running)
 

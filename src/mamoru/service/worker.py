@@ -355,11 +355,14 @@ class Worker:
                     break
                 if message is None:
                     break
-                if message[0] == "event":
-                    self._forward(*message[1:])
-                elif message[0] == "done" and len(message) == 3:
-                    self._fail(str(message[1]), Result(str(message[2])))
-                    self.idle()
+                try:
+                    if message[0] == "event":
+                        self._forward(*message[1:])
+                    elif message[0] == "done" and len(message) == 3:
+                        self._fail(str(message[1]), Result(str(message[2])))
+                        self.idle()
+                except Exception:  # keep reading: a worker blocked on a full pipe never exits
+                    log.exception("worker %s: message %r", self.pid, message[:2])
         finally:
             code = self.proc.wait()  # every file of the worker is closed: its locks are free
             self._stdout.close()
@@ -502,16 +505,17 @@ class _ForwardSink:
 
 def serve(inp: IO[bytes], out: IO[bytes]) -> int:
     """The worker: read the hello, then run each site handed over until ("end",)."""
+    # The hello first, before the pipeline's imports: the daemon's job thread is writing it.
+    hello = read_frame(inp)
+    if hello is None or hello[0] != "hello":
+        return EXIT_ORPHANED
+
     from concurrent.futures import ThreadPoolExecutor
 
     from mamoru import i18n
     from mamoru.app import build_app
     from mamoru.errors import Cancelled
     from mamoru.pipeline import provision
-
-    hello = read_frame(inp)
-    if hello is None or hello[0] != "hello":
-        return EXIT_ORPHANED
     settings: Settings = hello[1]
     i18n.setup(str(hello[2]))  # the daemon's language, whatever chose it
     logging.basicConfig(level=int(hello[3]), format="%(levelname)s %(name)s: %(message)s")
