@@ -31,6 +31,7 @@ from mamoru.storage.sitestate import AriWindow, SiteState
 
 if TYPE_CHECKING:  # the ACME stack is imported by the first order, not by importing this
     # module (the daemon's resident process uses recover_interrupted and nothing else)
+    from mamoru.install.bootstrap import Bootstrap
     from mamoru.issuance import Issued
     from mamoru.protocol.session import AcmeSession
 
@@ -173,20 +174,25 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
 
     ordered = time.monotonic()
     run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
-    issued = order(run, current, finalize=not dry_run or app.dry_run_finalizes)
-    if dry_run:
-        events.emit("dry-run", site.name, order=issued.order_url,
-                    finalized=bool(issued.chain_pem))
-        return run.outcome("dry-run", decision=decision)
-
-    version = storage.store(site.name, issued.key_pem, issued.chain_pem, issued.meta(site.key))
-    events.emit("issued", site.name, serial=version.meta["serial"], not_after=version.not_after,
-                names=version.names, order=issued.order_url, version=version.number,
-                duration=round(time.monotonic() - ordered, 3))
+    from mamoru.install.bootstrap import kept_until_replaced
     from mamoru.install.transaction import install
 
-    stored_at = time.monotonic()
-    result = install(site, version, storage, events, stop=app.stop)
+    with kept_until_replaced(port80(run, current)) as port80_server:
+        issued = order(run, current, finalize=not dry_run or app.dry_run_finalizes)
+        if dry_run:
+            if port80_server is not None:
+                port80_server.take_down()
+            events.emit("dry-run", site.name, order=issued.order_url,
+                        finalized=bool(issued.chain_pem))
+            return run.outcome("dry-run", decision=decision)
+
+        version = storage.store(site.name, issued.key_pem, issued.chain_pem,
+                                issued.meta(site.key))
+        events.emit("issued", site.name, serial=version.meta["serial"],
+                    not_after=version.not_after, names=version.names, order=issued.order_url,
+                    version=version.number, duration=round(time.monotonic() - ordered, 3))
+        stored_at = time.monotonic()
+        result = install(site, version, storage, events, stop=app.stop)
     timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
     storage.prune(site.name)
     planned = succeeded(run, version, result.verified)
@@ -246,6 +252,36 @@ def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
 
 
 # -- the steps' glue: App-held parts in, plain values down -----------------------------------
+
+
+def port80(run: Run, current: CertVersion | None) -> Bootstrap | None:
+    """mamoru's own plain-HTTP server for the site's names, up and answering, when its first
+    certificate needs one (install/bootstrap.py says when); None otherwise. Raises
+    ConfigTestFailed or ReloadFailed having put everything back."""
+    from mamoru.install import bootstrap
+
+    site = run.site
+    if not bootstrap.needed(site, current is not None):
+        return None
+    import secrets
+
+    from mamoru.challenges.base import ChallengeTask
+    from mamoru.challenges.webroot import WebrootSolver
+    from mamoru.install.base import ACME_CHALLENGE_PATH
+    from mamoru.install.transaction import installer_for
+
+    assert site.challenge.webroot is not None  # needed() requires one
+    solver = WebrootSolver(site.challenge.webroot)
+    token = "mamoru-probe-" + secrets.token_urlsafe(18)
+    task = ChallengeTask(site.domains[0], "http-01", token, secrets.token_urlsafe(18))
+
+    def probe() -> tuple[str, bytes]:
+        solver.present(task)
+        return ACME_CHALLENGE_PATH + token, task.key_authorization.encode("ascii")
+
+    server = bootstrap.Bootstrap(site, installer_for(site), run.app.events)
+    server.put_up(probe, lambda: solver.cleanup(task))
+    return server
 
 
 def fingerprint(run: Run) -> str:

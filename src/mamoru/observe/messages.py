@@ -203,6 +203,25 @@ def _verify_failed(site: str, f: _Need) -> str:
     return text + (f". {explanation}" if explanation else "")
 
 
+def _port80_up(site: str, f: _Need) -> str:
+    served = f.get("served")
+    return (f"no certificate yet: {f['server']} now answers plain HTTP for the site's names with "
+            f"mamoru's temporary server ({f['file']}) so the CA can validate"
+            + ("" if served is None else
+               f"; it serves the webroot at {f.get('address')}" if served else
+               f"; but {f.get('address')} did not serve a test file from the webroot: the CA may "
+               "not reach the challenge either (is another server on that port?)"))
+
+
+def _port80_down(site: str, f: _Need) -> str:
+    cause = f.get("error_class")
+    problems = f.get("problems")
+    return ("mamoru's temporary plain-HTTP server taken back"
+            + (f" after {cause}" if cause else "")
+            + (f"; {f['server']} reloaded again" if f.get("reloaded") else "")
+            + (f"; problems: {'; '.join(problems)}" if problems else ""))
+
+
 # --- warnings: one kind, several reasons (the `warning` field says which) ------------------------
 
 WARNINGS: dict[str, Message] = {
@@ -279,6 +298,9 @@ MESSAGES: dict[str, Message] = {
         f"every name serves certificate {f['serial']} at {f['address']} "
         f"({float(f['duration']):.2f} s after the reload)")),
     "rollback": Message(("error_class",), _rollback),
+    # install/bootstrap.py
+    "port80-up": Message(("server", "file"), _port80_up),
+    "port80-down": Message((), _port80_down),
     "verify-failed": Message(("address", "duration"), _verify_failed),  # + names, old, ...
     # every part: the `warning` field names which warning (see WARNINGS)
     "warning": Message(("warning",), _warning),
