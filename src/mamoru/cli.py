@@ -299,9 +299,15 @@ cmd_renew = cmd_provision  # the same command; `args.verb` tells them apart
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mamoru.app import build_app
+    from mamoru.config import find_config_path
     from mamoru.service.daemon import run
+    from mamoru.service.worker import load_settings
 
-    settings = _load(args)
+    # Read in a child process: the resident daemon keeps the Settings, not the memory that
+    # composing the YAML took (service/worker.py).
+    settings = load_settings(find_config_path(args.config))
+    for warning in settings.warnings:
+        print(warning, file=sys.stderr)
     return run(build_app(settings, serve_metrics=True))
 
 

@@ -14,14 +14,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mamoru.app import App
 from mamoru.config.model import Site
 from mamoru.errors import Cancelled, ChallengeFailed, IssuanceError, LockBusy, MamoruError
-from mamoru.issuance import Issued, obtain_for_site
-from mamoru.protocol.errors import AccountGone
-from mamoru.protocol.session import AcmeSession
 from mamoru.renewal import due
 from mamoru.renewal.backoff import (
     FAILED_VALIDATIONS_PER_HOUR,
@@ -31,6 +28,12 @@ from mamoru.renewal.backoff import (
 from mamoru.renewal.policy import Decision, Window
 from mamoru.storage import CertVersion
 from mamoru.storage.sitestate import AriWindow, SiteState
+
+if TYPE_CHECKING:  # the ACME stack is imported by the first order, not by importing this
+    # module (the daemon's resident process uses recover_interrupted and nothing else)
+    from mamoru.install.bootstrap import Bootstrap
+    from mamoru.issuance import Issued
+    from mamoru.protocol.session import AcmeSession
 
 log = logging.getLogger(__name__)
 LOCK_WAIT = 600.0  # a second run on the same site waits for the first, then re-checks
@@ -171,20 +174,25 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
 
     ordered = time.monotonic()
     run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
-    issued = order(run, current, finalize=not dry_run or app.dry_run_finalizes)
-    if dry_run:
-        events.emit("dry-run", site.name, order=issued.order_url,
-                    finalized=bool(issued.chain_pem))
-        return run.outcome("dry-run", decision=decision)
-
-    version = storage.store(site.name, issued.key_pem, issued.chain_pem, issued.meta(site.key))
-    events.emit("issued", site.name, serial=version.meta["serial"], not_after=version.not_after,
-                names=version.names, order=issued.order_url, version=version.number,
-                duration=round(time.monotonic() - ordered, 3))
+    from mamoru.install.bootstrap import kept_until_replaced
     from mamoru.install.transaction import install
 
-    stored_at = time.monotonic()
-    result = install(site, version, storage, events, stop=app.stop)
+    with kept_until_replaced(port80(run, current)) as port80_server:
+        issued = order(run, current, finalize=not dry_run or app.dry_run_finalizes)
+        if dry_run:
+            if port80_server is not None:
+                port80_server.take_down()
+            events.emit("dry-run", site.name, order=issued.order_url,
+                        finalized=bool(issued.chain_pem))
+            return run.outcome("dry-run", decision=decision)
+
+        version = storage.store(site.name, issued.key_pem, issued.chain_pem,
+                                issued.meta(site.key))
+        events.emit("issued", site.name, serial=version.meta["serial"],
+                    not_after=version.not_after, names=version.names, order=issued.order_url,
+                    version=version.number, duration=round(time.monotonic() - ordered, 3))
+        stored_at = time.monotonic()
+        result = install(site, version, storage, events, stop=app.stop)
     timings = {"stored_to_verified": time.monotonic() - stored_at, **result.timings}
     storage.prune(site.name)
     planned = succeeded(run, version, result.verified)
@@ -218,6 +226,9 @@ def reinstall(run: Run, current: CertVersion, decision: Decision) -> Outcome:
 def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
     """One order for the run's site on the shared account. A CA that forgot or deactivated
     the account gets a new one, once, and the order goes again."""
+    from mamoru.issuance import obtain_for_site
+    from mamoru.protocol.errors import AccountGone
+
     site, app = run.site, run.app
 
     def attempt(session: AcmeSession) -> Issued:
@@ -241,6 +252,36 @@ def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
 
 
 # -- the steps' glue: App-held parts in, plain values down -----------------------------------
+
+
+def port80(run: Run, current: CertVersion | None) -> Bootstrap | None:
+    """mamoru's own plain-HTTP server for the site's names, up and answering, when its first
+    certificate needs one (install/bootstrap.py says when); None otherwise. Raises
+    ConfigTestFailed or ReloadFailed having put everything back."""
+    from mamoru.install import bootstrap
+
+    site = run.site
+    if not bootstrap.needed(site, current is not None):
+        return None
+    import secrets
+
+    from mamoru.challenges.base import ChallengeTask
+    from mamoru.challenges.webroot import WebrootSolver
+    from mamoru.install.base import ACME_CHALLENGE_PATH
+    from mamoru.install.transaction import installer_for
+
+    assert site.challenge.webroot is not None  # needed() requires one
+    solver = WebrootSolver(site.challenge.webroot)
+    token = "mamoru-probe-" + secrets.token_urlsafe(18)
+    task = ChallengeTask(site.domains[0], "http-01", token, secrets.token_urlsafe(18))
+
+    def probe() -> tuple[str, bytes]:
+        solver.present(task)
+        return ACME_CHALLENGE_PATH + token, task.key_authorization.encode("ascii")
+
+    server = bootstrap.Bootstrap(site, installer_for(site), run.app.events)
+    server.put_up(probe, lambda: solver.cleanup(task))
+    return server
 
 
 def fingerprint(run: Run) -> str:
@@ -422,25 +463,56 @@ class Interrupted(MamoruError):
             "mamoru backs off meanwhile.")
 
 
+class RunLost(MamoruError):
+    """A site's run ended without reporting how: the process doing it (the daemon's worker)
+    died before it finished. Counted as a transient failure."""
+
+    retryable = True
+    hint = Interrupted.hint
+
+
 def recover_interrupted(site: Site, app: App) -> tuple[datetime, str] | None:
     """If the site's last attempt was interrupted, record it as a failed attempt (backoff) and
     return (next attempt, since when it was in flight); else None. Does nothing when another
     process holds the site's lock (its attempt is not interrupted, it is running)."""
+    recorded = _record_interrupted(site, app, None)
+    return None if recorded is None else (recorded[1], recorded[2] or "?")
+
+
+def record_lost_run(site: Site, app: App, error: MamoruError
+                    ) -> tuple[str, datetime, str | None] | None:
+    """The run of `site` ended without reporting (its worker process died). An attempt that
+    was ordering is recorded as interrupted (as `recover_interrupted` does at a start); a run
+    that had not begun to order as a failed attempt with `error`. Either way the next attempt
+    backs off, so a crashing run never orders again at once. Returns (error class, next
+    attempt, since when the order was in flight or None), or None when the site's lock is held
+    (a run of it is alive) or its state cannot be written."""
+    return _record_interrupted(site, app, error)
+
+
+def _record_interrupted(site: Site, app: App, lost: MamoruError | None
+                        ) -> tuple[str, datetime, str | None] | None:
     try:
         with app.storage.lock(site.name, timeout=0):
             run = Run(site, app, app.storage.load_state(site.name))
             marker = run.state.in_flight
-            if marker is None:
+            if marker is None and lost is None:
                 return None
-            since = marker.since.isoformat() if marker.since.year > 1 else "?"
-            error = Interrupted(f"the attempt started at {since} never finished (the process "
-                                "was stopped mid-way)")
             now = app.clock()
             when = next_attempt(retryable=True, attempt=run.attempt, now=now,
                                 settings=app.settings.renewal, rng=app.rng)
+            if marker is None:
+                assert lost is not None
+                run.save(run.state.failed(
+                    now=now, next_attempt=when, error_class=lost.kind, message=str(lost),
+                    retryable=True, problem={}, site_config=fingerprint(run)))
+                return lost.kind, when, None
+            since = marker.since.isoformat() if marker.since.year > 1 else "?"
+            error = Interrupted(f"the attempt started at {since} never finished (the process "
+                                "was stopped mid-way)")
             run.save(run.state.interrupted(now=now, next_attempt=when, message=str(error),
                                            site_config=fingerprint(run)))
-            return when, since
+            return error.kind, when, since
     except (LockBusy, MamoruError):
         return None
 

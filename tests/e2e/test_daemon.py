@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 import signal
 import sys
 import time
@@ -324,3 +325,95 @@ def test_unreachable_ca_backs_off_past_expiry_then_recovers_on_reload(
     assert state_of(tmp_path, "clinic")["attempts"] == 0
     assert fresh.order_count() == 1
     assert daemon.stop()[0] == 0
+
+
+# -- the worker process ---------------------------------------------------------------------------
+
+
+def workers_of(pid: int) -> list[int]:
+    """The daemon's worker processes (children running mamoru.service.worker)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids = [int(c) for c in children.read_text().split()]
+        except FileNotFoundError:
+            continue
+        for child in pids:
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"mamoru.service.worker" in cmdline:
+                found.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in text
+
+
+def test_a_worker_killed_mid_order_costs_one_failed_attempt_and_the_daemon_carries_on(
+        tmp_path: Path, pebble_factory: Callable[..., Pebble], notify: Any,
+        daemons: Callable[..., Any]) -> None:
+    # Pebble sleeps 0-15 s before validating without NOSLEEP: the order stays in flight.
+    pebble = pebble_factory(extra_env={"PEBBLE_VA_NOSLEEP": "0"})
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle,
+                          standalone(pebble, "clinic"),
+                          extra={"renewal": {"retry_first_seconds": 3}})
+    daemon = daemons(config, tmp_path / "mamoru.log", notify=notify)
+    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "challenge", daemon=daemon)
+    workers = workers_of(daemon.pid)
+    assert len(workers) == 1, workers
+    assert "in_flight" in state_of(tmp_path, "clinic")
+    os.kill(workers[0], signal.SIGKILL)
+
+    failed = soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "failed",
+                              daemon=daemon)
+    killed_at = time.monotonic()
+    assert daemon.alive()
+    # It was ordering: the same record as after a crash of the whole daemon.
+    assert failed[0]["error_class"] == "Interrupted", failed
+    state = state_of(tmp_path, "clinic")
+    assert state["attempts"] == 1 and "in_flight" not in state
+    assert state["last_attempt"]["outcome"] == "interrupted"
+    assert [e["kind"] for e in soak.read_events(events_of(tmp_path))].count("backoff") == 1
+    # Backoff holds: nothing is ordered again before the next attempt ...
+    while time.monotonic() - killed_at < 2.0:
+        assert pebble.order_count() == 1
+        time.sleep(0.1)
+    # ... then a new worker orders once, and the site is served.
+    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "provisioned", timeout=40,
+                     daemon=daemon)
+    assert pebble.order_count() == 2
+    assert not alive(workers[0])
+    code, _ = daemon.stop()
+    assert code == 0, daemon.output()[-3000:]
+
+
+def test_sigterm_during_a_worker_run_cancels_it_cleanly_and_leaves_no_worker(
+        tmp_path: Path, pebble_factory: Callable[..., Pebble], notify: Any,
+        daemons: Callable[..., Any]) -> None:
+    pebble = pebble_factory(extra_env={"PEBBLE_VA_NOSLEEP": "0"})
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle,
+                          standalone(pebble, "clinic"))
+    daemon = daemons(config, tmp_path / "mamoru.log", notify=notify)
+    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "challenge", daemon=daemon)
+    workers = workers_of(daemon.pid)
+    assert len(workers) == 1, workers
+    code, seconds = daemon.stop()
+    assert code == 0 and seconds < 10, daemon.output()[-3000:]
+    notify.wait_for("STOPPING", "1")
+    assert not alive(workers[0])
+    # Cancelled, not failed: no attempt counted, no marker left for the next start to find.
+    state = state_of(tmp_path, "clinic")
+    assert "in_flight" not in state and state.get("attempts", 0) == 0, state
+    events = soak.read_events(events_of(tmp_path))
+    assert [e["error_class"] for e in events if e["kind"] == "failed"] == ["Cancelled"]
+    assert events[-1]["kind"] == "stopped" and "abandoned" not in events[-1], events[-1]
+    # The worker's events went through the daemon's event log, in order with its own.
+    order = [e["kind"] for e in events]
+    assert order.index("started") < order.index("challenge") < order.index("stopping")

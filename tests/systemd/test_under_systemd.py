@@ -170,11 +170,9 @@ def test_the_distributions_web_servers_run_as_services(box: Box) -> None:
     m = box.machine
     m.write("/etc/hosts", f"127.0.0.1 localhost\n{NGINX_IP} {NGINX_NAME}\n"
             f"{APACHE_IP} {APACHE_NAME}\n")
-    default = m.read("/etc/nginx/sites-available/default")
-    default = default.replace("listen 80 default_server;",
-                              f"listen {NGINX_IP}:{box.http_port} default_server;")
-    default = default.replace("listen [::]:80 default_server;", "")
-    m.write("/etc/nginx/sites-available/default", default)
+    # nginx without its default site, as on a server whose default site was removed: no
+    # port-80 server at all, so mamoru puts up its own for the first certificate.
+    box.sh("rm", "/etc/nginx/sites-enabled/default")
     m.write("/etc/apache2/ports.conf", f"Listen {APACHE_IP}:{box.http_port}\n")
     vhost = m.read("/etc/apache2/sites-available/000-default.conf")
     m.write("/etc/apache2/sites-available/000-default.conf",
@@ -188,15 +186,21 @@ def test_the_distributions_web_servers_run_as_services(box: Box) -> None:
 
 
 def init_and_provision(box: Box, server: str, name: str, ip: str, https: int,
-                       config: str) -> None:
+                       config: str, *, default_site: bool = True) -> None:
     # Both Debian services run: init will not guess which one serves the site.
     guess = box.sh("mamoru", "init", "-d", name, "-c", config, check=False)
     assert guess.returncode == 2 and "both run" in guess.stderr, guess.stderr
     assert not box.machine.path(config).exists()
+    # Without a default site, init cannot find the plain-HTTP address: the administrator
+    # gives it.
+    http = [] if default_site else ["--http-listen", f"{ip}:{box.http_port}"]
     out = box.sh("mamoru", "init", "-d", name, "--contact", "it@clinic.test", "--server", server,
                  "--directory", box.pebble.directory_url, "--ca-bundle",
-                 "/etc/mamoru/pebble-ca.pem", "--https-listen", f"{ip}:{https}", "-c", config)
+                 "/etc/mamoru/pebble-ca.pem", "--https-listen", f"{ip}:{https}", *http,
+                 "-c", config)
     assert "written" in out.stdout
+    if not default_site:
+        assert "mamoru puts up its own" in out.stdout + out.stderr, out
     text = box.machine.read(config)
     # What init found: the default site's plain-HTTP address and webroot.
     assert f'http: "{ip}:{box.http_port}"' in text and '"/var/www/html"' in text, text
@@ -206,10 +210,18 @@ def init_and_provision(box: Box, server: str, name: str, ip: str, https: int,
     box.sh("mamoru", "provision", "-c", config, timeout=300)
 
 
-def test_init_and_provision_an_nginx_site(box: Box) -> None:
+def test_init_and_provision_an_nginx_site_on_an_nginx_with_no_port80_server(box: Box) -> None:
+    with pytest.raises(ConnectionRefusedError):  # nothing answers plain HTTP for the name
+        socket.create_connection((NGINX_IP, box.http_port), timeout=5).close()
     init_and_provision(box, "nginx", NGINX_NAME, NGINX_IP, box.nginx_https,
-                       "/etc/mamoru/config.yaml")
+                       "/etc/mamoru/config.yaml", default_site=False)
     assert served(NGINX_IP, box.nginx_https, NGINX_NAME) == box.live_serial(NGINX_SITE)
+    kinds = [e["kind"] for e in box.events() if e.get("site") == NGINX_SITE]
+    assert "port80-up" in kinds and "port80-down" not in kinds, kinds
+    # The site's own plain-HTTP server (the redirect) now answers on the port.
+    with socket.create_connection((NGINX_IP, box.http_port), timeout=5) as plain:
+        plain.sendall(f"GET / HTTP/1.0\r\nHost: {NGINX_NAME}\r\n\r\n".encode())
+        assert plain.recv(200).split(b"\r\n")[0].endswith(b"301 Moved Permanently")
 
 
 def test_init_and_provision_an_apache_site(box: Box) -> None:

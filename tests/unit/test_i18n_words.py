@@ -36,7 +36,7 @@ SAMPLE: dict[str, Any] = {
     "status": "1 site", "signal": "SIGTERM", "summary": "clinic: expires soon",
     "alert": "expiring", "channel": "email", "path": "/var/lib/mamoru/key.pem", "mode": 0o644,
     "expected": 0o600, "profile": "classic", "note": "unknown key x", "settings": ["paths"],
-    "old": ["clinic.example"],
+    "old": ["clinic.example"], "file": "/etc/nginx/mamoru/clinic.conf",
 }
 
 # Kinds whose words branch on a field: every branch is rendered.
@@ -61,6 +61,10 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("stopped", {"abandoned": ["clinic"]}),
     ("stopped", {"abandoned": ["clinic"], "grace": 30}),
     ("challenge", {"names": ["clinic.example"], "challenge_type": "dns-01"}),
+    ("port80-up", {"file": "/etc/nginx/mamoru/clinic.conf", "served": True}),
+    ("port80-up", {"file": "/etc/nginx/mamoru/clinic.conf", "served": False}),
+    ("port80-up", {"file": "/etc/nginx/mamoru/clinic.conf"}),
+    ("port80-down", {"reloaded": True, "problems": ["x"]}),
     *[("warning", {"warning": name}) for name in WARNINGS],
 ]
 

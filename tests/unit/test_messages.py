@@ -19,6 +19,15 @@ LATER = dt.datetime(2030, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 
 # kind -> (site, the fields its emitter passes, the text written at the call site before)
 CASES: list[tuple[str, str | None, dict[str, Any], str]] = [
+    ("port80-up", "clinic", {"server": "nginx", "file": "/etc/nginx/conf.d/mamoru-clinic.conf",
+                             "address": "127.0.0.1:80", "served": True, "duration": 0.2},
+     "no certificate yet: nginx now answers plain HTTP for the site's names with mamoru's "
+     "temporary server (/etc/nginx/conf.d/mamoru-clinic.conf) so the CA can validate; it serves "
+     "the webroot at 127.0.0.1:80"),
+    ("port80-down", "clinic", {"server": "apache", "error_class": "ChallengeFailed",
+                               "reloaded": True},
+     "mamoru's temporary plain-HTTP server taken back after ChallengeFailed; apache reloaded "
+     "again"),
     ("server-unreachable", "clinic", {"server": "nginx", "address": "127.0.0.1:443", "level": 4},
      "nothing answers at 127.0.0.1:443: the nginx server looks down, so it was not reloaded; "
      "it serves the new certificate when it starts"),

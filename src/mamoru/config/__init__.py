@@ -15,7 +15,23 @@ What config/ may import: `mamoru.errors` (ConfigError, ConfigProblem), `mamoru.n
 (tests/unit/test_import_rules.py fails on such an import). Every other part may import config/.
 """
 
-from mamoru.config.load import find_config_path, load_config, load_config_text
+from typing import TYPE_CHECKING, Any
+
 from mamoru.config.model import Settings, Site
+
+if TYPE_CHECKING:
+    from mamoru.config.load import find_config_path, load_config, load_config_text
+
+_LOAD = frozenset({"find_config_path", "load_config", "load_config_text"})
+
+
+def __getattr__(name: str) -> Any:
+    # The loader (and YAML with it) is imported on first use: importing config.model, as
+    # every part does, must not load it (the resident daemon holds Settings it never parses).
+    if name in _LOAD:
+        from mamoru.config import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Settings", "Site", "find_config_path", "load_config", "load_config_text"]

@@ -14,8 +14,6 @@ from typing import Any
 
 from mamoru.config import defaults as D
 from mamoru.config.model import Settings
-from mamoru.config.schema import build
-from mamoru.config.yamlnodes import Problems, compose
 from mamoru.errors import ConfigError
 from mamoru.i18n import N_
 
@@ -51,6 +49,11 @@ def load_config_text(
 ) -> Settings:
     """Validate config `text` (named `filename` in messages; `file_mode` is the st_mode of the
     file it came from, for the warning about readable secrets). Raises ConfigError."""
+    # YAML and the schema are imported here, not with the module: a process that only holds
+    # Settings (the resident daemon, service/worker.py) never loads them.
+    from mamoru.config.schema import build
+    from mamoru.config.yamlnodes import Problems, compose
+
     problems = Problems(filename)
     root = compose(text, problems)
     settings = None
@@ -64,6 +67,8 @@ def load_config_text(
 
 def _unreadable(path: str, message: str, /, **params: Any) -> ConfigError:
     """The error for a config file that cannot be read as text at all."""
+    from mamoru.config.yamlnodes import Problems
+
     problems = Problems(path)
     problems.error(None, "", message, **params)
     return ConfigError(problems.errors)

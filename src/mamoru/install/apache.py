@@ -20,6 +20,8 @@ import re
 from mamoru.config.model import Site
 from mamoru.install.base import (
     ACME_CHALLENGE_PATH,
+    BOOTSTRAP_STATUS,
+    BOOTSTRAP_TEXT,
     TLS12_CIPHERS,
     ConfigWritingInstaller,
 )
@@ -110,6 +112,22 @@ class ApacheInstaller(ConfigWritingInstaller):
             text += (f"\n<VirtualHost {vhost_address(server.listen_http)}>\n{indent(plain)}"
                      "</VirtualHost>\n")
         return text
+
+    def bootstrap_config(self, site: Site) -> str:
+        assert site.challenge.webroot is not None  # bootstrap.needed() requires one
+        server = site.server
+        text = header(site, "temporary plain-HTTP virtual host for the first certificate",
+                      "It answers ACME challenges until the certificate is installed; then "
+                      "mamoru writes the whole site here.") + "\n"
+        for raw in listens_needed([server.listen_http], self.user_listens()):
+            text += listen_block(raw, "http")
+        plain = [*_names(site), "", *self.challenge_lines(site.challenge.webroot),
+                 f"ErrorDocument {BOOTSTRAP_STATUS} {quote(BOOTSTRAP_TEXT)}",
+                 "RewriteEngine on",
+                 f"RewriteCond %{{REQUEST_URI}} !{_CHALLENGE_PATTERN}",
+                 f"RewriteRule ^ - [R={BOOTSTRAP_STATUS},L]"]
+        return text + (f"\n<VirtualHost {vhost_address(server.listen_http)}>\n{indent(plain)}"
+                       "</VirtualHost>\n")
 
     def tls_lines(self, chain: str, key: str) -> list[str]:
         return [

@@ -40,6 +40,11 @@ TLS12_CIPHERS = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
 ))
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+# What mamoru's temporary plain-HTTP server (install/bootstrap.py) answers for everything but
+# the challenge path while a site's first certificate is on its way: 503, as the site is not
+# there yet, with a line a person understands.
+BOOTSTRAP_STATUS = 503
+BOOTSTRAP_TEXT = "This site's secure address is being set up. Please try again in a minute."
 
 
 def live_files(live: str) -> tuple[str, str]:
@@ -182,6 +187,12 @@ class ConfigWritingInstaller(CommandInstaller):
         webroot = site.challenge.webroot
         return ((self.challenge_lines(webroot) if webroot else [])
                 + self.redirect_lines(https_suffix(site)))
+
+    def bootstrap_config(self, site: Site) -> str:
+        """The site-mode file before the first certificate: only the plain-HTTP server, which
+        answers ACME challenges from the webroot and everything else with BOOTSTRAP_TEXT
+        (install/bootstrap.py)."""
+        raise NotImplementedError
 
     def include_line(self, path: str) -> str:
         """The server's directive that includes `path`."""

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from mamoru.config.model import Site
 from mamoru.install.base import (
     ACME_CHALLENGE_PATH,
+    BOOTSTRAP_STATUS,
+    BOOTSTRAP_TEXT,
     TLS12_CIPHERS,
     TLS_PROTOCOLS,
     ConfigWritingInstaller,
@@ -75,6 +77,18 @@ class NginxInstaller(ConfigWritingInstaller):
                      *self.redirect_directives(site)]
             text += f"\nserver {{\n{indent(plain)}}}\n"
         return text
+
+    def bootstrap_config(self, site: Site) -> str:
+        assert site.challenge.webroot is not None  # bootstrap.needed() requires one
+        plain = [*_listens(site.server.listen_http, "", self.ipv6),
+                 f"server_name {' '.join(site.domains)};", "",
+                 *self.challenge_lines(site.challenge.webroot),
+                 "location / {", "    default_type text/plain;",
+                 f"    return {BOOTSTRAP_STATUS} {quote(BOOTSTRAP_TEXT)[:-1]}\\n\";", "}"]
+        text = header(site, "temporary plain-HTTP server for the first certificate",
+                      "It answers ACME challenges until the certificate is installed; then "
+                      "mamoru writes the whole site here.")
+        return text + f"\nserver {{\n{indent(plain)}}}\n"
 
     def tls_lines(self, chain: str, key: str) -> list[str]:
         return [

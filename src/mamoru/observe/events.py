@@ -12,6 +12,7 @@ defence, because a CA's problem detail may quote the challenge URL it fetched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -162,12 +163,24 @@ class Events:
         with self._order:
             event = Event(kind, site, words, clean, time=self.clock(),
                           level=int(level) if level is not None else -1)
-            for sink in self.sinks:
-                try:
-                    sink.emit(event)
-                except Exception:  # a sink must never stop a renewal
-                    logging.getLogger(__name__).exception("event sink %r failed", sink)
+            self._hand_over(event)
         return event
+
+    def forward(self, event: Event) -> None:
+        """Hand an event built elsewhere (the daemon's worker process: rendered, scrubbed and
+        stamped there) to every sink, in order with this process's own events. Its fields are
+        scrubbed again: what reaches a sink is never trusted to be clean."""
+        event = dataclasses.replace(event, message=scrub(event.message),
+                                    fields=scrub(event.fields))
+        with self._order:
+            self._hand_over(event)
+
+    def _hand_over(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception:  # a sink must never stop a renewal
+                logging.getLogger(__name__).exception("event sink %r failed", sink)
 
     def close(self, timeout: float = 10.0) -> None:
         """Close every sink that has work in flight (alerts still being delivered, a metrics

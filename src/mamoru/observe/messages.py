@@ -261,6 +261,33 @@ def _verify_failed(site: str, f: _Need) -> str:
     return text + (f". {explanation}" if explanation else "")
 
 
+def _port80_up(site: str, f: _Need) -> str:
+    served = f.get("served")
+    text = _("no certificate yet: {server} now answers plain HTTP for the site's names with "
+             "mamoru's temporary server ({file}) so the CA can validate").format(
+        server=f["server"], file=f["file"])
+    if served is None:
+        return text
+    if served:
+        return text + _("; it serves the webroot at {address}").format(address=f.get("address"))
+    return text + _("; but {address} did not serve a test file from the webroot: the CA may "
+                    "not reach the challenge either (is another server on that port?)").format(
+        address=f.get("address"))
+
+
+def _port80_down(site: str, f: _Need) -> str:
+    cause = f.get("error_class")
+    problems = f.get("problems")
+    text = (_("mamoru's temporary plain-HTTP server taken back after {error_class}").format(
+                error_class=cause) if cause else
+            _("mamoru's temporary plain-HTTP server taken back"))
+    if f.get("reloaded"):
+        text += _("; {server} reloaded again").format(server=f["server"])
+    if problems:
+        text += _("; problems: {problems}").format(problems="; ".join(problems))
+    return text
+
+
 # --- warnings: one kind, several reasons (the `warning` field says which) ------------------------
 
 WARNINGS: dict[str, Message] = {
@@ -356,6 +383,9 @@ MESSAGES: dict[str, Message] = {
         "reload)").format(serial=f["serial"], address=f["address"],
                           seconds=f"{float(f['duration']):.2f}")),
     "rollback": Message(("error_class",), _rollback),
+    # install/bootstrap.py
+    "port80-up": Message(("server", "file"), _port80_up),
+    "port80-down": Message((), _port80_down),
     "verify-failed": Message(("address", "duration"), _verify_failed),  # + names, old, ...
     # every part: the `warning` field names which warning (see WARNINGS)
     "warning": Message(("warning",), _warning),

@@ -21,9 +21,11 @@ handler, so no lock is ever taken inside one):
   added are scheduled, removed ones dropped, changed ones checked at once; a change of the
   `acme` section resets the ACME session and retries sites that were backing off. `paths`,
   `alerts` and `metrics` changes need a restart (reported).
-- SIGTERM / SIGINT: `app.stop` is set, so every wait of the ACME session and of verification
-  ends at once with `Cancelled` (challenge cleanup still runs); in-flight work is given
-  STOP_GRACE_SECONDS to end, then the process exits. A second signal exits at once.
+- SIGTERM / SIGINT: the workers get SIGTERM (their `app.stop` is set, so every wait of the
+  ACME session and of verification ends at once with `Cancelled`; challenge cleanup still
+  runs, an install under way finishes); in-flight work is given STOP_GRACE_SECONDS to end and
+  the workers WORKER_EXIT_SECONDS more to exit, then the process exits. A second signal kills
+  the workers and exits at once (their attempts are recovered at the next start).
 
 systemd (sdnotify.Notifier; nothing happens outside systemd): READY=1 once every site is
 scheduled; STATUS= after every check ("3 sites, next renewal clinic at ..."); WATCHDOG=1 at half
@@ -31,7 +33,18 @@ of WATCHDOG_USEC from a scheduler job (so a stuck scheduler stops the pings); RE
 READY=1 around a reload; STOPPING=1 at shutdown.
 
 Memory: the daemon holds the config, one small job and one (time, failing) pair per site;
-certificates and state are read from disk when a site's job runs and dropped after.
+it reads each site's state.json (never a certificate) to plan its next check. The work of a
+job (ACME, cryptography, install, verify) runs in a short-lived worker process
+(service/worker.py) whose memory goes back to the system when it exits; the daemon's job
+thread waits for the worker's word and plans from the state the worker saved. The worker's
+events come back to the daemon and go to its sinks (event log, journal, metrics, alerts,
+outbox). A worker that dies (kill -9, a crash) costs its sites one failed attempt with backoff
+(pipeline.record_lost_run): nothing is ordered again at once, and the daemon carries on.
+At SIGTERM the workers get SIGTERM too (their waits end with `Cancelled`; an install under
+way finishes), have STOP_GRACE_SECONDS to report, then WORKER_EXIT_SECONDS to exit; one still
+running after that is killed and its attempt recovered at the next start.
+`Daemon(app, isolate=False)` runs jobs on its own threads instead (tests with an injected
+clock).
 """
 
 from __future__ import annotations
@@ -47,23 +60,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.events import (
-    EVENT_JOB_ERROR,
-    EVENT_JOB_EXECUTED,
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    JobEvent,
-)
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 from mamoru.app import App
 from mamoru.config.model import Settings, Site
 from mamoru.errors import Cancelled, MamoruError
 from mamoru.renewal import due
+from mamoru.service.scheduler import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    BackgroundScheduler,
+    DateTrigger,
+    IntervalTrigger,
+    JobEvent,
+    ThreadPoolExecutor,
+)
 from mamoru.service.sdnotify import Notifier
+from mamoru.service.worker import Workers, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +84,8 @@ log = logging.getLogger(__name__)
 # once; an install finishes its config test and reload) before the process exits regardless.
 # Well inside mamoru.service's TimeoutStopSec=30.
 STOP_GRACE_SECONDS = 10.0
+# Then workers still running get this long to exit (the sum stays inside TimeoutStopSec=30).
+WORKER_EXIT_SECONDS = 12.0
 # How long queued alerts may take to go out at shutdown (the rest go out at the next start).
 EVENTS_CLOSE_SECONDS = 5.0
 # A job that could not tell when to run next (its state could not be written) runs again after
@@ -93,8 +108,9 @@ class Daemon:
     or by `run()`; they may run concurrently and take `self._lock` for shared state."""
 
     def __init__(self, app: App, *, notifier: Notifier | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, isolate: bool = True) -> None:
         self.app = app
+        self.workers = Workers(app) if isolate else None
         self.notifier = notifier or Notifier()
         self.config_path = config_path or app.settings.config_file
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -109,6 +125,7 @@ class Daemon:
         self._executor = ""
         self._executor_object: ThreadPoolExecutor | None = None
         self._signal_pipe: tuple[int, int] | None = None
+        self._hurry = False  # a second stop signal: stop at once
 
     # -- the main thread -------------------------------------------------------------------
 
@@ -195,9 +212,17 @@ class Daemon:
         self.notifier.stopping("stopping" + (f"; cancelling {', '.join(running)}"
                                              if running else ""))
         self.app.stop.set()
+        if self.workers is not None:
+            self.workers.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         left = self._wait_idle(STOP_GRACE_SECONDS)
+        if self.workers is not None:
+            self.workers.close_all()
+            if self._hurry or not self.workers.wait(WORKER_EXIT_SECONDS):
+                self.workers.signal_all(signal.SIGKILL)  # recovered at the next start
+                self.workers.wait(2.0)
+            left = self._wait_idle(1.0)
         self.app.events.emit("stopped", None, abandoned=left or None,
                              grace=STOP_GRACE_SECONDS if left else None)
         self.app.events.close(EVENTS_CLOSE_SECONDS)
@@ -224,6 +249,7 @@ class Daemon:
                 if read_fd is not None and select.select([read_fd], [], [], 0)[0]:
                     received = os.read(read_fd, 64)
                     if signal.SIGTERM in received or signal.SIGINT in received:
+                        self._hurry = True
                         break
             return sorted(self._running)
 
@@ -308,20 +334,28 @@ class Daemon:
             self.schedule(name, now + timedelta(seconds=MIN_RESCHEDULE_SECONDS))
 
     def _run_site(self, name: str) -> datetime | None:
-        """The job: one pass of the pipeline for site `name`; returns when to run next."""
-        from mamoru.pipeline import provision
-
+        """The job: one pass of the pipeline for site `name` (in a worker process); returns
+        when to run next."""
         with self._lock:
             site = self._sites.get(name)
             if site is None or self._stopping.is_set():
                 return None
             self._running.add(name)
             self._rerun.discard(name)
-        outcome = None
+        cancelled = ran = False
         try:
-            outcome = provision(site, self.app)
+            if self.workers is None:
+                from mamoru.pipeline import provision
+
+                cancelled = isinstance(provision(site, self.app).error, Cancelled)
+            else:
+                result = self.workers.run(name)
+                cancelled = result.status == "cancelled"
+                if result.status == "lost" and not self._stopping.is_set():
+                    self._lost(site, result.detail)
             state = self.app.storage.load_state(name)
             when = state.next_run()
+            ran = True
         except Exception:  # provision never raises for a site's own failure; a bug here must
             log.exception("site %s: unexpected error in the daemon", name)  # not stop the site
             when = None
@@ -330,8 +364,7 @@ class Daemon:
                 self._running.discard(name)
                 rerun = name in self._rerun
                 self._idle.notify_all()
-        if self._stopping.is_set() or (outcome is not None
-                                       and isinstance(outcome.error, Cancelled)):
+        if self._stopping.is_set() or cancelled:
             return None
         now = self.app.clock()
         if rerun:
@@ -339,21 +372,41 @@ class Daemon:
         elif when is None or when <= now:
             when = now + timedelta(seconds=max(self.app.settings.renewal.retry_first_seconds,
                                                MIN_RESCHEDULE_SECONDS))
-        if outcome is not None:
+        if ran:
             with self._lock:
                 self._plans[name] = state.planned()
         self.notifier.status(self.status_text())
         return when
 
+    def _lost(self, site: Site, detail: str) -> None:
+        """A worker died before reporting the site's run: one failed attempt, with backoff."""
+        from mamoru.pipeline import RunLost, record_lost_run
+
+        error = RunLost(f"{detail} before the run of this site finished")
+        recorded = record_lost_run(site, self.app, error)
+        if recorded is None:
+            return  # another run holds the site (it is alive) or the disk refused
+        kind, retry, since = recorded
+        if since is not None:  # it was ordering: as after a crash of the whole daemon
+            self.app.events.emit(
+                "failed", site.name, since=since, error_class=kind, retryable=True,
+                next_attempt=retry, outcome="failed", names=list(site.domains))
+            self.app.events.emit("backoff", site.name, next_due=retry,
+                                 why="backoff after an interrupted attempt", error_class=kind)
+            return
+        self.app.events.emit(
+            "failed", site.name, error=str(error), hint=error.hint, error_class=kind,
+            retryable=True, next_attempt=retry, outcome="failed", names=list(site.domains))
+        self.app.events.emit("backoff", site.name, next_due=retry,
+                             why="backoff after its worker process died", error_class=kind)
+
     # -- reload ------------------------------------------------------------------------------
 
     def reload(self) -> None:
         """SIGHUP: read the config again; keep the old one if the new one has errors."""
-        from mamoru.config import load_config
-
         self.notifier.reloading("reloading the config")
         try:
-            new = load_config(self.config_path)
+            new = load_settings(self.config_path)
         except MamoruError as error:
             problems = [str(p) for p in getattr(error, "problems", [])] or None
             self.app.events.emit("config-rejected", None, error=str(error), level=3,
@@ -377,6 +430,8 @@ class Daemon:
             new = dataclasses.replace(new, **{name: getattr(old, name) for name in fixed})
         acme_changed = old.acme != new.acme
         self.app.settings = new
+        if self.workers is not None:
+            self.workers.retire()  # the next sites go to a worker with the new settings
         if acme_changed:
             self.app.reset_session()
         self._use_pool(new.acme.max_concurrent_orders)

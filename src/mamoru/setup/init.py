@@ -128,8 +128,10 @@ def _nginx(root: Path, systemd: bool, running: bool) -> Machine:
         break
     else:
         machine.notes.append(_(
-            "no default port-80 server found in /etc/nginx: the first certificate needs one "
-            "that serves {webroot}/.well-known/acme-challenge/").format(webroot=machine.webroot))
+            "no default port-80 server found in /etc/nginx: for the first certificate mamoru "
+            "puts up its own for the site's names (give its address with --http-listen if it "
+            "is not port 80), serving {webroot}/.well-known/acme-challenge/").format(
+            webroot=machine.webroot))
     return machine
 
 
@@ -153,9 +155,10 @@ def _apache(root: Path, systemd: bool, running: bool) -> Machine:
         break
     else:
         machine.notes.append(_(
-            "no port-80 VirtualHost found in {dir}: the first certificate needs one that "
-            "serves {webroot}/.well-known/acme-challenge/").format(dir=conf_dir,
-                                                                   webroot=machine.webroot))
+            "no port-80 VirtualHost found in {dir}: for the first certificate mamoru puts "
+            "up its own for the site's names (give its address with --http-listen if it is not "
+            "port 80), serving {webroot}/.well-known/acme-challenge/").format(
+            dir=conf_dir, webroot=machine.webroot))
     if debian:
         missing = [m for m in ("ssl", "rewrite", "headers")
                    if not (root / f"etc/apache2/mods-enabled/{m}.load").exists()]
@@ -219,8 +222,10 @@ def render(answers: Answers, machine: Machine) -> str:
         "    challenge:",
         "      type: http-01",
         "      # Served at http://NAME/.well-known/acme-challenge/ by "
-        + ("the default site," if machine.default_site else "a port-80 server,"),
-        *([f"      # {machine.default_site},"] if machine.default_site else []),
+        + ("the default site," if machine.default_site
+           else "mamoru's own temporary port-80 server"),
+        *([f"      # {machine.default_site},"] if machine.default_site else
+          ["      # for the first certificate (there is no default site),"]),
         "      # and by mamoru's own port-80 server for these names once it is installed.",
         f"      webroot: {_q(machine.webroot)}",
         "    server:",

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cryptography import x509
-
 from mamoru.errors import StorageError
 
 
@@ -48,6 +46,9 @@ class CertVersion:
 
 def cert_meta(cert_pem: bytes, **extra: Any) -> dict[str, Any]:
     """The metadata mamoru keeps beside a certificate (what renewal and status need)."""
+    from cryptography import x509  # only when a certificate is stored: status, the daemon's
+    # resident process and everything that only reads meta.json never load it
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
