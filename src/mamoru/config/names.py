@@ -70,8 +70,9 @@ def normalize_domain(raw: object) -> str:
         raise NameError_("empty domain name")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise NameError_(f"{original!r} contains spaces or control characters")
-    hidden = [c for c in raw if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zs", "Zl",
-                                                           "Zp")]
+    # ASCII has no invisible characters beyond the controls and space refused above.
+    hidden = [] if raw.isascii() else [
+        c for c in raw if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zs", "Zl", "Zp")]
     if hidden:  # zero-width joiners, bidi overrides...: a name that looks like another
         raise NameError_(f"{original!r} contains an invisible or formatting character "
                          f"(U+{ord(hidden[0]):04X})")
