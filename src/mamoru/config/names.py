@@ -79,12 +79,15 @@ def normalize_domain(raw: object) -> str:
     if "/" in raw or "\\" in raw or ":" in raw or "@" in raw:
         raise NameError_(f"{original!r} is not a domain name (it looks like a URL or path)")
     name = raw[:-1] if raw.endswith(".") else raw
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        pass
-    else:
-        raise NameError_(f"{original!r} is an IP address; only domain names are supported")
+    # Only digits and dots can be an address here (":" was refused above): most names skip
+    # the ValueError that ipaddress raises, twice, for each name that is not one.
+    if name.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise NameError_(f"{original!r} is an IP address; only domain names are supported")
     labels = name.split(".")
     if any(label == "" for label in labels):
         raise NameError_(f"{original!r} has an empty label (two dots in a row, or a leading dot)")
