@@ -7,8 +7,6 @@ Exit codes: 0 ok, 1 a site failed (or is in danger, for status), 2 config or usa
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,9 +45,23 @@ def _lang_of(argv: Sequence[str]) -> str | None:
     return found
 
 
+def _remember_argparse_words() -> None:
+    """argparse looks its own words ("usage: ", "show this help message and exit"...) up with
+    gettext at every argument it adds, and each look-up searches the locale directories anew
+    (about a third of `mamoru --help`): remember each answer, the same for the whole process."""
+    import functools
+
+    for name in ("_", "ngettext"):
+        lookup = getattr(argparse, name, None)
+        if callable(lookup) and not hasattr(lookup, "cache_info"):
+            setattr(argparse, name, functools.lru_cache(maxsize=None)(lookup))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser; its help is in the language `mamoru.i18n.setup` chose (main runs it first)."""
     from mamoru.i18n import _
+
+    _remember_argparse_words()
 
     parser = argparse.ArgumentParser(
         prog="mamoru",
@@ -182,6 +194,8 @@ REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4,
 
 
 def _setup_logging(verbose: int) -> None:
+    import logging
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbose < 2:
@@ -282,6 +296,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         app.reset_session()
         app.events.close(ALERT_FLUSH_SECONDS)  # queued alerts go out before we exit
     if args.json:
+        import json
+
         print(json.dumps({"sites": [o.to_json() for o in outcomes],
                           "ok": all(o.ok for o in outcomes), "ca": stats}, indent=2))
     else:
@@ -418,6 +434,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             data = to_json(rows)
             if fleet is not None:
                 data["fleet"] = fleet
+            import json
+
             print(json.dumps(data, indent=2, ensure_ascii=False))
         else:
             print(render_table(rows))
@@ -576,6 +594,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             settings.check.ca_bundle if settings else None), connect=connect,
             http_connect=http_connect, timeout=max((args.timeout or 5.0) * 3, 15.0))
     if args.json:
+        import json
+
         print(json.dumps(to_json(reports), indent=2, ensure_ascii=False))
     else:
         print(render_table(reports))

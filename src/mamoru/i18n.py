@@ -20,10 +20,12 @@ May import: nothing of mamoru's (every part may import it).
 from __future__ import annotations
 
 import gettext
-from pathlib import Path
+import os
 
 DOMAIN = "mamoru"
-LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+# A plain string (not pathlib, which `mamoru --help` would otherwise import for this alone).
+LOCALE_DIR: str | os.PathLike[str] = os.path.join(os.path.dirname(os.path.realpath(__file__)),
+                                                  "locale")
 
 _current: gettext.NullTranslations = gettext.NullTranslations()
 _language = "en"

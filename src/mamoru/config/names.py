@@ -70,20 +70,24 @@ def normalize_domain(raw: object) -> str:
         raise NameError_("empty domain name")
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
         raise NameError_(f"{original!r} contains spaces or control characters")
-    hidden = [c for c in raw if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zs", "Zl",
-                                                           "Zp")]
+    # ASCII has no invisible characters beyond the controls and space refused above.
+    hidden = [] if raw.isascii() else [
+        c for c in raw if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Zs", "Zl", "Zp")]
     if hidden:  # zero-width joiners, bidi overrides...: a name that looks like another
         raise NameError_(f"{original!r} contains an invisible or formatting character "
                          f"(U+{ord(hidden[0]):04X})")
     if "/" in raw or "\\" in raw or ":" in raw or "@" in raw:
         raise NameError_(f"{original!r} is not a domain name (it looks like a URL or path)")
     name = raw[:-1] if raw.endswith(".") else raw
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        pass
-    else:
-        raise NameError_(f"{original!r} is an IP address; only domain names are supported")
+    # Only digits and dots can be an address here (":" was refused above): most names skip
+    # the ValueError that ipaddress raises, twice, for each name that is not one.
+    if name.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            raise NameError_(f"{original!r} is an IP address; only domain names are supported")
     labels = name.split(".")
     if any(label == "" for label in labels):
         raise NameError_(f"{original!r} has an empty label (two dots in a row, or a leading dot)")

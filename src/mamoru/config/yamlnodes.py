@@ -116,7 +116,8 @@ def compose(text: str, problems: Problems) -> Node | None:
     try:
         # PyYAML's own reader already checks the characters here (a ReaderError).
         loader = _StrictLoader(text) if _CLoader is None else _CLoader(text)
-        if _CLoader is not None:
+        # An anchor needs "&" and an alias "*": a config with neither skips the second pass.
+        if _CLoader is not None and ("&" in text or "*" in text):
             for event in yaml.parse(text, Loader=yaml.CSafeLoader):
                 _refuse_alias_or_anchor(event)
         node = loader.get_single_node()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from mamoru.i18n import _
@@ -162,6 +161,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"mamoru fleet status: {error}", file=sys.stderr)
         return EXIT_USAGE
+    from datetime import UTC, datetime
+
     now = datetime.now(UTC)
     with connect(_url(args)) as conn:
         clinics = fleet(conn, now, filters)

@@ -275,11 +275,12 @@ HEADER = [N_("SITE"), N_("NAMES"), N_("SERIAL"), N_("ISSUER"), N_("EXPIRES"),
 
 def _cells(width: int, text: str) -> str:
     """`text` padded to `width` terminal columns (a Japanese character takes two)."""
-    shown = sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
-    return text + " " * max(0, width - shown)
+    return text + " " * max(0, width - _columns(text))
 
 
 def _columns(text: str) -> int:
+    if text.isascii():  # nearly every cell: one column a character, no table look-up
+        return len(text)
     return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
 
 

@@ -1,10 +1,10 @@
 """The dns-01 solver and waiter a site's config asks for (`challenge.rfc2136`, `.provider` or
-`.hook`, with `propagation_timeout` and `nameservers`)."""
+`.hook`, with `propagation_timeout` and `nameservers`). dnspython is imported only when a site
+asks for dns-01, so an http-01 provision never loads it."""
 
 from __future__ import annotations
 
 from mamoru.challenges.dns.base import DnsSolver, Waiter
-from mamoru.challenges.dns.propagation import PropagationWaiter
 from mamoru.config.model import Dns01
 
 
@@ -21,6 +21,8 @@ def dns_solver_for(dns01: Dns01) -> tuple[DnsSolver, Waiter]:
         solver = Rfc2136Solver(settings.server, key, zone=settings.zone,
                                nameservers=dns01.nameservers, resolver=settings.resolver)
         return solver, solver
+    from mamoru.challenges.dns.propagation import PropagationWaiter
+
     waiter = PropagationWaiter(dns01.nameservers)
     if dns01.provider is not None:
         from mamoru.challenges.dns.lexicon import LexiconSolver, load_credentials
