@@ -1,13 +1,15 @@
 """One `mamoru provision` of N sites (one name each, default 1,000) against a Pebble on loopback,
 with where the time goes: wall time of the provision process, its CPU (user+system, from
-/proc/<pid>/stat of the child as it exits, via os.wait4), Pebble's and challtestsrv's CPU over the
-same interval (/proc/<pid>/stat), the load average, and optionally a cProfile of the provision
-process summed by mamoru's package (pipeline, issuance, protocol, storage, observe, ...).
+getrusage(RUSAGE_CHILDREN) after it exits), Pebble's and challtestsrv's CPU over the
+same interval (/proc/<pid>/stat), the load average, and optionally a profile of the provision
+process (py-spy, which samples every thread; cProfile sees only the main thread, and the
+sites are worked on by a pool).
 
-    .venv/bin/python bench/provision_1000.py [--sites 1000] [--profile FILE.pstats] [--runs 1]
+    .venv/bin/python bench/provision_1000.py [--sites 1000] [--runs 3]
+    PY_SPY=/path/to/py-spy .venv/bin/python bench/provision_1000.py --py-spy FILE [--gil]
 
 The orders in flight never exceed acme.max_concurrent_orders (the default, 4): it is written
-into the config, and Pebble's log is counted afterwards (orders created = sites).
+into the config; Pebble's log is counted afterwards (orders created = sites: no retries).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pstats
 import resource
 import subprocess
 import sys
@@ -60,49 +61,50 @@ def config(root: Path, pebble: Pebble, sites: int, tag: str) -> Path:
     return path
 
 
-def by_package(stats_file: Path, wall: float) -> list[tuple[str, float]]:
-    """Own (tottime) seconds per area: mamoru's subpackages, then the libraries."""
-    stats = pstats.Stats(str(stats_file))
-    areas: dict[str, float] = defaultdict(float)
-    for (filename, _line, func), (_cc, _nc, tottime, _ct, _callers) in \
-            stats.stats.items():  # type: ignore[attr-defined]
-        if "/mamoru/" in filename:
-            part = filename.split("/mamoru/", 1)[1]
-            area = "mamoru." + (part.split("/")[0] if "/" in part else part.removesuffix(".py"))
-        elif "site-packages/" in filename:
-            area = filename.split("site-packages/", 1)[1].split("/")[0]
-        elif filename == "~":
-            area = "builtins: " + func.split(" of ")[0][:40]
-        else:
-            area = "stdlib: " + Path(filename).stem
-        areas[area] += tottime
-    return sorted(areas.items(), key=lambda kv: -kv[1])
+def summarise(collapsed: Path) -> tuple[int, list[tuple[str, int]]]:
+    """py-spy's raw output (one `frame;frame;... count` a line): the samples, and per
+    function the samples whose stack holds it (inclusive), most first."""
+    inclusive: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        seen = set()
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            where = where.split(":")[0].split("site-packages/")[-1].split("/src/")[-1]
+            function = f"{name} ({where})"
+            if function not in seen:
+                seen.add(function)
+                inclusive[function] += int(count)
+    return total, sorted(inclusive.items(), key=lambda kv: -kv[1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sites", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the provision into FILE")
     parser.add_argument("--py-spy", metavar="FILE", dest="pyspy",
                         help="sample every thread with py-spy (its path in $PY_SPY, else "
-                        "`py-spy`) into FILE, collapsed stacks")
+                        "`py-spy`) into FILE, collapsed stacks; its CPU counts as mamoru's")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --py-spy: only samples of the thread holding the GIL "
+                        "(Python's CPU, not waits)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mamoru-p1000-"))
     mamoru = [sys.executable, "-m", "mamoru.cli"]
     with Pebble(work / "pebble", http_port=free_port()) as pebble:
-        pids = {"pebble": pebble._pebble.pid if pebble._pebble else None,  # noqa: SLF001
-                "challtestsrv": pebble._challtestsrv.pid if pebble._challtestsrv else None}  # noqa: SLF001
+        pids = {"pebble": pebble._pebble.pid if pebble._pebble else None,
+                "challtestsrv": pebble._challtestsrv.pid if pebble._challtestsrv else None}
         for run in range(args.runs):
             path = config(work / f"r{run}", pebble, args.sites, f"r{run}")
             argv = list(mamoru)
-            if args.profile:
-                argv = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "mamoru.cli"]
             spent = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])
             if args.pyspy:
                 argv = [os.environ.get("PY_SPY", "py-spy"), "record", "--format", "raw",
-                        *os.environ.get("PY_SPY_ARGS", "").split(), "--rate", "200", "-o", args.pyspy, "--", *argv]
+                        *(["--gil"] if args.gil else []), "--rate", "200", "-o", args.pyspy,
+                        "--", *argv]
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             load = os.getloadavg()[0]
             started = time.perf_counter()
@@ -112,7 +114,7 @@ def main() -> int:
             wall = time.perf_counter() - started
             after = {name: cpu_seconds(pid) for name, pid in pids.items()}
             try:
-                summary = json.loads(stdout)
+                summary = json.loads(stdout[stdout.index(b"{"):])  # after py-spy's lines
                 issued = sum(1 for s in summary["sites"] if s["status"] == "issued")
             except ValueError:
                 issued = -1
@@ -125,14 +127,16 @@ def main() -> int:
                 "challtestsrv_cpu_s": round(after["challtestsrv"] - before["challtestsrv"], 2),
                 "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                 "orders_created": pebble.order_count(),
-                "profiled": bool(args.profile),
+                "profiled": bool(args.pyspy),
             }), flush=True)
             if issued != args.sites:
                 print(stderr.decode(errors="replace")[-2000:], file=sys.stderr)
-            if args.profile:
-                print(f"own CPU by area (cProfile tottime, wall {wall:.2f} s):")
-                for area, seconds in by_package(Path(args.profile), wall)[:args.top]:
-                    print(f"  {seconds:8.2f} s  {area}")
+            if args.pyspy:
+                total, functions = summarise(Path(args.pyspy))
+                print(f"py-spy: {total} samples at 200/s ({total / 200:.1f} s of threads"
+                      f"{' holding the GIL' if args.gil else ' not idle'}); inclusive share:")
+                for function, count in functions[:args.top]:
+                    print(f"  {100 * count / total:5.1f}%  {function}")
     return 0
 
 

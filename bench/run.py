@@ -289,7 +289,8 @@ class Lego(Peer):
 
     def certonly(self, tag: str, names: list[str]) -> Sample:
         argv = ["lego", "--server", self.pebble.directory_url, "--accept-tos",
-                "--email", "bench@bench.example", "--path", str(self.state(tag)), "--key-type", "ec256",
+                "--email", "bench@bench.example", "--path", str(self.state(tag)),
+                "--key-type", "ec256",
                 "--http", "--http.port", f"127.0.0.1:{self.pebble.http_port}"]
         for name in names:
             argv += ["--domains", name]
