@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# mamoru's benchmark (issue 7, docs/PERFORMANCE.md): provisioning speed and memory side by side
-# with certbot and lego, the idle daemon with 1,000 sites, and `status`, all against a Pebble
-# it starts on loopback. Run as root on Debian 12:
+# mamoru's benchmark (issue 7, docs/PERFORMANCE.md): provisioning speed and memory side by
+# side with acme-tiny, certbot and lego, the idle daemon with 1,000 sites, and `status`, all
+# against a Pebble it starts on loopback. Run as root on Debian 12:
 #   sudo bash scripts/bench.sh               (extra arguments go to bench/run.py, e.g. --runs 9)
-# It installs what it needs first: scripts/setup.sh (Pebble, the venv), then Debian's certbot
-# and lego (the peers) and GNU time (peak memory). A peer that cannot be installed is skipped,
-# and the table says so. It takes about ten minutes, most of it the peers' (b) and (c).
+#   sudo bash scripts/bench.sh --peers acme-tiny --only a,bp,c      (a part of it)
+# It installs what it needs first: scripts/setup.sh (Pebble, nginx, the venv), then Debian's
+# acme-tiny, certbot and lego (the peers) and GNU time (peak memory). acme-tiny has no responder
+# of its own: the bench serves its --acme-dir with a private nginx on Pebble's http-01 port.
+# A peer that cannot be installed is skipped, and the table says so. It takes about fifteen
+# minutes, most of it the peers' (b') and (c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 export DEBIAN_FRONTEND=noninteractive
 need=()
-for pkg in certbot lego time; do
+for pkg in acme-tiny certbot lego time; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -33,6 +33,17 @@ class App:
     _session: AcmeSession | None = None
     _account_ready: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _order_slots: threading.BoundedSemaphore | None = None
+
+    def order_slots(self) -> threading.BoundedSemaphore:
+        """At most `acme.max_concurrent_orders` orders of this process at the CA at once,
+        however many sites are at work (a site's due check, storage and install need no
+        slot, so they overlap other sites' orders)."""
+        with self._lock:
+            if self._order_slots is None:
+                self._order_slots = threading.BoundedSemaphore(
+                    max(1, self.settings.acme.max_concurrent_orders))
+            return self._order_slots
 
     def session(self) -> AcmeSession:
         """The shared ACME session (one keep-alive pool for every order of this process)."""

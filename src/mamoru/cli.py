@@ -229,12 +229,14 @@ def _select(settings: Settings, names: Sequence[str]) -> list[Site]:
 
 def run_sites(app: App, sites: list[Site], *, force: bool, dry_run: bool,
               honour_backoff: bool = False) -> list[Any]:
-    """Provision `sites` concurrently (at most acme.max_concurrent_orders at once)."""
+    """Provision `sites` concurrently: at most acme.max_concurrent_orders orders at the CA at
+    once (`App.order_slots`), and as many sites again at work beside them, so that one site's
+    storage (fsync) and install overlap the next sites' orders instead of holding a slot."""
     from concurrent.futures import ThreadPoolExecutor
 
     from mamoru.pipeline import provision
 
-    workers = max(1, min(len(sites), app.settings.acme.max_concurrent_orders))
+    workers = max(1, min(len(sites), 2 * app.settings.acme.max_concurrent_orders))
     if workers == 1:
         return [provision(site, app, force=force, dry_run=dry_run,
                           honour_backoff=honour_backoff) for site in sites]

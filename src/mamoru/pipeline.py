@@ -237,18 +237,19 @@ def order(run: Run, current: CertVersion | None, *, finalize: bool) -> Issued:
                                timeout=app.settings.acme.order_timeout, finalize=finalize,
                                dns_journal=_dns_journal(app, site))
 
-    session = app.account_session()
-    signed_by = session.account_url
-    try:
-        return attempt(session)
-    except AccountGone as gone:  # the CA forgot or deactivated the account: a new one, once
-        return attempt(app.recover_account(gone))
-    except IssuanceError:
-        if session.account_url == signed_by:
-            raise
-        # Another order found the account gone and replaced it while this one was under
-        # way: this order's requests were refused for that; it goes once more, as theirs.
-        return attempt(session)
+    with app.order_slots():  # acme.max_concurrent_orders at the CA at once, at most
+        session = app.account_session()
+        signed_by = session.account_url
+        try:
+            return attempt(session)
+        except AccountGone as gone:  # the CA forgot or deactivated the account: a new one
+            return attempt(app.recover_account(gone))
+        except IssuanceError:
+            if session.account_url == signed_by:
+                raise
+            # Another order found the account gone and replaced it while this one was under
+            # way: this order's requests were refused for that; it goes once more, as theirs.
+            return attempt(session)
 
 
 # -- the steps' glue: App-held parts in, plain values down -----------------------------------

@@ -70,3 +70,44 @@ def test_twenty_concurrent_orders_counted_exactly(
     assert stats == {"requests": len(records), "bad_nonce_retries": len(rejected)}, (
         stats, len(records), len(rejected))
     assert len(REQUEST_LOG_RE.findall(pebble.log_text())) - before == len(records)
+
+
+def test_orders_at_the_ca_never_exceed_max_concurrent_orders(
+        tmp_path: Path, pebble_factory: Callable[..., Pebble],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # More sites are at work than orders may be open (storage and install overlap the next
+    # orders): the orders themselves, counted around the real issuance, stay within the limit.
+    import threading
+
+    import mamoru.pipeline
+
+    pebble = pebble_factory()
+    sites = {f"s{i:02d}": {"domains": [f"s{i:02d}.example"],
+                           "challenge": {"standalone": f"127.0.0.1:{pebble.http_port}"}}
+             for i in range(12)}
+    config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, sites,
+                          acme={"max_concurrent_orders": 3})
+    real = mamoru.pipeline.obtain_for_site
+    lock, open_orders, most = threading.Lock(), [0], [0]
+
+    def counted(*args: object, **kwargs: object) -> object:
+        with lock:
+            open_orders[0] += 1
+            most[0] = max(most[0], open_orders[0])
+        try:
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                open_orders[0] -= 1
+
+    monkeypatch.setattr(mamoru.pipeline, "obtain_for_site", counted)
+    app = build_app(load_config(str(config)), stderr=False, observers=False)
+    try:
+        outcomes = run_sites(app, app.settings.sites, force=False, dry_run=False,
+                             honour_backoff=False)
+    finally:
+        app.reset_session()
+        app.events.close(5)
+    assert [o.status for o in outcomes] == ["issued"] * 12, [o.to_json() for o in outcomes]
+    assert 1 < most[0] <= 3, most[0]
+    assert pebble.order_count() == 12

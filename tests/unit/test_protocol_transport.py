@@ -98,6 +98,25 @@ def test_rsa_account_key_signs_rs256() -> None:
     key.public_key().verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
 
 
+@pytest.mark.parametrize("make", [lambda: ec.generate_private_key(ec.SECP256R1()),
+                                  lambda: ec.generate_private_key(ec.SECP384R1()),
+                                  lambda: rsa.generate_private_key(65537, 2048)])
+@pytest.mark.parametrize("kid", ["https://ca.test/acct/7", None])
+def test_josepy_reads_and_verifies_our_jws(make: Any, kid: str | None) -> None:
+    # mamoru signs by itself (not with josepy's JWS objects): josepy, an independent
+    # implementation, must parse the same header and accept the signature.
+    from acme.jws import JWS as JoseJWS  # josepy's JWS with ACME's header members
+
+    signer = AccountSigner(make())
+    jws = JoseJWS.json_loads(signer.sign({"csr": "x"}, url=URL, nonce="bm9uY2UtMQ", kid=kid))
+    assert jws.verify(signer._jwk.public_key())
+    header = jws.signature.combined
+    assert (header.url, header.kid, header.alg) == (URL, kid, signer.alg)
+    assert header.nonce == b"nonce-1"
+    assert (header.jwk is None) == (kid is not None)
+    assert json.loads(jws.payload) == {"csr": "x"}
+
+
 def test_unsupported_account_key_is_refused() -> None:
     with pytest.raises(ValueError, match="curve"):
         AccountSigner(ec.generate_private_key(ec.SECP521R1()))

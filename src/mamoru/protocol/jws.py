@@ -19,7 +19,9 @@ import json
 from typing import Any
 
 from acme.jws import JWS
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from josepy.jwa import ES256, ES384, HS256, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA, JWKOct
 
@@ -28,6 +30,9 @@ from mamoru.protocol.keys import PrivateKey
 # RFC 7518 §3.4: the JWS algorithm per account key curve.
 _EC_ALGORITHMS: dict[str, JWASignature] = {"secp256r1": ES256, "secp384r1": ES384}
 _FROM_URLSAFE = str.maketrans("-_", "+/")
+# The hash and the size of r and s (bytes) per curve, for a JWS signature (RFC 7518 §3.4).
+_EC_SIGNING: dict[str, tuple[hashes.HashAlgorithm, int]] = {
+    "secp256r1": (hashes.SHA256(), 32), "secp384r1": (hashes.SHA384(), 48)}
 
 
 def b64(data: bytes) -> str:
@@ -47,12 +52,6 @@ def thumbprint(jwk: dict[str, str]) -> str:
     key = JWK.from_json(jwk)
     assert isinstance(key, JWK)
     return b64(key.thumbprint())
-
-
-def _compact(jws: JWS) -> bytes:
-    """The flattened JSON serialization ACME wants (RFC 8555 §6.2)."""
-    data = jws.to_partial_json(flat=True)
-    return json.dumps(data, separators=(",", ":")).encode()
 
 
 class AccountSigner:
@@ -78,10 +77,33 @@ class AccountSigner:
     def sign(self, payload: dict[str, Any] | None, *, url: str, nonce: str,
              kid: str | None) -> bytes:
         """The request body: a flattened JWS of `payload` (None = POST-as-GET, RFC 8555 §6.3,
-        an empty payload), with `kid` in the header, or the public key when `kid` is None."""
+        an empty payload), with `kid` in the header, or the public key when `kid` is None.
+
+        Made here with `cryptography` rather than by josepy's JWS objects: every ACME
+        request is signed, and josepy's (immutable maps, JSON (de)serialization of its own
+        header) cost more CPU than the signature itself, which matters with 1,000 sites in
+        one provision. The result is the same flattened JWS (tests compare it with josepy's
+        and verify it with josepy)."""
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-        return _compact(JWS.sign(body, key=self._jwk, alg=self.alg, nonce=b64decode(nonce),
-                                 url=url, kid=kid))
+        header: dict[str, Any] = {"alg": self.alg.name, "nonce": b64(b64decode(nonce)),
+                                  "url": url}
+        if kid is None:
+            header["jwk"] = self.jwk
+        else:
+            header["kid"] = kid
+        protected = b64(json.dumps(header, separators=(",", ":")).encode())
+        encoded = b64(body)
+        return json.dumps({"protected": protected, "payload": encoded,
+                           "signature": b64(self._signature(f"{protected}.{encoded}".encode()))},
+                          separators=(",", ":")).encode()
+
+    def _signature(self, signing_input: bytes) -> bytes:
+        key = self.key
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            algorithm, size = _EC_SIGNING[key.curve.name]
+            r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(algorithm)))
+            return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # RFC 7518 §3.4
+        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
 
     def external_binding(self, kid: str, hmac_key: str, url: str) -> dict[str, Any]:
         """The `externalAccountBinding` member of a newAccount payload (RFC 8555 §7.3.4):
