@@ -116,9 +116,13 @@ class JsonlSink:
 
     def _open_locked(self) -> int:
         """An O_APPEND descriptor on the current log file, holding its flock."""
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         for _ in range(100):  # only a storm of concurrent rotations loops more than twice
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                fd = os.open(self.path, flags, 0o640)
+            except FileNotFoundError:  # its directory is made once, not looked for per event
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
+                fd = os.open(self.path, flags, 0o640)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 held = os.fstat(fd)
