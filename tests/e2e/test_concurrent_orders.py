@@ -79,7 +79,7 @@ def test_orders_at_the_ca_never_exceed_max_concurrent_orders(
     # orders): the orders themselves, counted around the real issuance, stay within the limit.
     import threading
 
-    import mamoru.pipeline
+    import mamoru.issuance  # the pipeline imports obtain_for_site from it at each order
 
     pebble = pebble_factory()
     sites = {f"s{i:02d}": {"domains": [f"s{i:02d}.example"],
@@ -87,7 +87,7 @@ def test_orders_at_the_ca_never_exceed_max_concurrent_orders(
              for i in range(12)}
     config = write_config(tmp_path, pebble.directory_url, pebble.ca_bundle, sites,
                           acme={"max_concurrent_orders": 3})
-    real = mamoru.pipeline.obtain_for_site
+    real = mamoru.issuance.obtain_for_site
     lock, open_orders, most = threading.Lock(), [0], [0]
 
     def counted(*args: object, **kwargs: object) -> object:
@@ -100,7 +100,7 @@ def test_orders_at_the_ca_never_exceed_max_concurrent_orders(
             with lock:
                 open_orders[0] -= 1
 
-    monkeypatch.setattr(mamoru.pipeline, "obtain_for_site", counted)
+    monkeypatch.setattr(mamoru.issuance, "obtain_for_site", counted)
     app = build_app(load_config(str(config)), stderr=False, observers=False)
     try:
         outcomes = run_sites(app, app.settings.sites, force=False, dry_run=False,
