@@ -90,3 +90,8 @@ def connect_address(raw: str, default_host: str = LOCALHOST) -> tuple[str, int] 
         return None
     host, port = parsed
     return reachable(host), port
+
+
+def show_address(host: str, port: int) -> str:
+    """HOST:PORT as people and configs write it: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

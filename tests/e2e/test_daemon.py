@@ -104,6 +104,18 @@ def context_switches(pid: int) -> int:
 # -- renewal on schedule ------------------------------------------------------------------------
 
 
+
+def backoff_then_one_order(tmp_path: Path, pebble: Pebble, daemon: Any, *, since: float
+                           ) -> None:
+    """After one interrupted attempt: no new order for 2 s after `since` (the backoff), then
+    exactly one, and the site is provisioned."""
+    while time.monotonic() - since < 2.0:
+        assert pebble.order_count() == 1
+        time.sleep(0.1)
+    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "provisioned", timeout=40,
+                     daemon=daemon)
+    assert pebble.order_count() == 2
+
 def test_run_keeps_two_sites_served_renewing_at_half_the_lifetime(tmp_path: Path) -> None:
     """The short variant of scripts/soak_daemon.py: 30-second certificates, 50 seconds of
     `mamoru run`, nginx sampled every 0.5 s. Each site renews (at least) twice, each renewal
@@ -267,12 +279,7 @@ def test_kill9_mid_order_counts_as_a_failed_attempt_and_backs_off(
     assert 2.5 <= (retry - datetime.fromisoformat(failed[0]["time"].replace("Z", "+00:00"))
                    ).total_seconds() <= 3.5
     # The backoff holds: no new order before the next attempt, then one.
-    while time.monotonic() - restarted_at < 2.0:
-        assert pebble.order_count() == 1
-        time.sleep(0.1)
-    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "provisioned", timeout=40,
-                     daemon=second)
-    assert pebble.order_count() == 2
+    backoff_then_one_order(tmp_path, pebble, second, since=restarted_at)
     assert second.stop()[0] == 0
 
 
@@ -381,14 +388,9 @@ def test_a_worker_killed_mid_order_costs_one_failed_attempt_and_the_daemon_carri
     assert state["attempts"] == 1 and "in_flight" not in state
     assert state["last_attempt"]["outcome"] == "interrupted"
     assert [e["kind"] for e in soak.read_events(events_of(tmp_path))].count("backoff") == 1
-    # Backoff holds: nothing is ordered again before the next attempt ...
-    while time.monotonic() - killed_at < 2.0:
-        assert pebble.order_count() == 1
-        time.sleep(0.1)
-    # ... then a new worker orders once, and the site is served.
-    soak.wait_events(events_of(tmp_path), lambda e: e["kind"] == "provisioned", timeout=40,
-                     daemon=daemon)
-    assert pebble.order_count() == 2
+    # Backoff holds: nothing is ordered again before the next attempt, then a new worker
+    # orders once, and the site is served.
+    backoff_then_one_order(tmp_path, pebble, daemon, since=killed_at)
     assert not alive(workers[0])
     code, _ = daemon.stop()
     assert code == 0, daemon.output()[-3000:]

@@ -31,7 +31,7 @@ from mamoru.config.model import Site
 from mamoru.errors import ConfigTestFailed, InstallError, MamoruError, ReloadFailed
 from mamoru.install.base import ConfigWritingInstaller, Installer
 from mamoru.install.files import Deployment, restore, site_file, write_owned
-from mamoru.netaddr import connect_address
+from mamoru.netaddr import connect_address, show_address
 from mamoru.observe.events import Events
 
 PROBE_TIMEOUT = 10.0
@@ -175,10 +175,7 @@ def _http_address(site: Site) -> tuple[str, int] | None:
 
 
 def _where(address: tuple[str, int] | None) -> str | None:
-    if address is None:
-        return None
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None if address is None else show_address(*address)
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from mamoru.install.verify import (
     verify_address,
     wait_until_served,
 )
+from mamoru.netaddr import show_address
 from mamoru.observe.events import Events
 from mamoru.storage.base import Storage
 from mamoru.storage.lineage import CertVersion
@@ -428,8 +429,7 @@ def _warnings(output: str) -> list[str]:
 
 
 def _where(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return show_address(*address)
 
 
 def _with_message(error: InstallError, message: str) -> InstallError:

@@ -24,7 +24,7 @@ from typing import Any
 from mamoru.config.defaults import KEY_TYPES
 from mamoru.errors import MamoruError
 from mamoru.migrate.certbot_state import CertbotState, Lineage, Refusal, as_list
-from mamoru.netaddr import is_loopback
+from mamoru.netaddr import is_loopback, show_address
 
 #: Where mamoru serves http-01 answers for lineages certbot's nginx/apache plugin validated:
 #: under /var/www, which the web server's workers can read and mamoru.service may write.
@@ -95,7 +95,7 @@ def plan_lineage(lineage: Lineage, *, taken: set[str] | None = None,
         address = str(params.get("http01_address", "") or "")
         port = int(str(params.get("http01_port", "80") or "80"))
         host = address or "0.0.0.0"  # noqa: S104 - certbot listened on every address
-        challenge = {"standalone": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+        challenge = {"standalone": show_address(host, port)}
         if not is_loopback(host):
             challenge["standalone_public"] = True
     elif authenticator in ("nginx", "apache"):
