@@ -49,12 +49,14 @@ class App:
         """The shared ACME session (one keep-alive pool for every order of this process)."""
         with self._lock:
             if self._session is None:
+                from mamoru.protocol.account import directory_cache
                 from mamoru.protocol.session import AcmeSession
 
                 acme = self.settings.acme
                 self._session = AcmeSession(
                     acme.directory, ca_bundle=acme.ca_bundle, timeout=acme.timeout,
-                    pool_size=acme.max_concurrent_orders, stop=self.stop)
+                    pool_size=acme.max_concurrent_orders, stop=self.stop,
+                    directory_cache=directory_cache(self.settings.paths.state, acme.directory))
             return self._session
 
     def account_session(self) -> AcmeSession:

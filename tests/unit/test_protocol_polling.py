@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mamoru.protocol.session import AcmeSession, Order
+from mamoru.protocol.session import POLL_FIRST, AcmeSession, Order
 
 RETRY_AFTER = {"a": "3", "b": "1"}
 
@@ -143,8 +143,10 @@ def test_two_orders_each_follow_their_own_retry_after(ca: _Server) -> None:
     b.join(15)
     assert not errors, errors
     assert ca.polls == {"a": 2, "b": 2}
-    # one wait each, between its pending answer and its valid one
-    (wait_a,) = stop.waits["order-a"]
-    (wait_b,) = stop.waits["order-b"]
+    # the first look waits POLL_FIRST (the CA was told just now); then one wait each,
+    # between its pending answer and its valid one
+    first_a, wait_a = stop.waits["order-a"]
+    first_b, wait_b = stop.waits["order-b"]
+    assert first_a == first_b == POLL_FIRST, stop.waits
     assert 2.5 <= wait_a <= 3.05, stop.waits  # A's CA said 3 s, whatever B's said
     assert 0.5 <= wait_b <= 1.05, stop.waits  # B's CA said 1 s

@@ -1,9 +1,10 @@
-"""The ACME account per CA: its key (0600) and URL under state/accounts/<ca-host>/<id>/.
+"""The ACME account per CA: its key (0600) and URL under state/accounts/<ca-host>/<id>/, with
+the CA's directory kept beside them for a few minutes (directory.json, `directory_cache`).
 
-Loading is "load or register" in one step: newAccount with the stored key returns the existing
-account, so a CA that lost our account (a test CA restarted, say) is handled like a first run.
-A corrupt key file is moved aside and a new account registered, so state damage never turns
-into a loop of failures.
+An account this state registered before is used from its stored URL, with no request to the
+CA. Otherwise loading is "load or register" in one step: newAccount with the stored key returns
+the existing account. A corrupt key file is moved aside and a new account registered, so state
+damage never turns into a loop of failures.
 
 When the CA refuses the account later (`AccountGone`: it forgot it, or it was deactivated),
 `replace_account` moves the key and account.json aside (never deleted: `*.gone-<time>`) and
@@ -39,6 +40,12 @@ def account_dir(state_dir: str, directory_url: str) -> str:
     return os.path.join(state_dir, "accounts", f"{host}{port}", digest)
 
 
+def directory_cache(state_dir: str, directory_url: str) -> str:
+    """Where the CA's directory is kept between processes (`AcmeSession.directory_cache`):
+    beside the account for that directory."""
+    return os.path.join(account_dir(state_dir, directory_url), "directory.json")
+
+
 def load_or_create_key(directory: str) -> tuple[PrivateKey, bool]:
     """The account key in `directory` (created 0600 if missing). Returns (key, created)."""
     ensure_dir(directory, 0o700)
@@ -68,21 +75,33 @@ class Opened:
     forgotten: str | None = None
 
 
-def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> Opened:
+def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str, *,
+                 look_up: bool = False) -> Opened:
     """Load or register the account for `acme.directory` on `session`.
+
+    An account this state has used before (its key, and account.json naming its URL for the
+    same directory and contact) is used as it is, with no request to the CA: a process that
+    orders one certificate saves the newAccount round trip. Should the CA no longer accept it,
+    the first signed request is refused with `AccountGone`, and the caller replaces the
+    account (`App.recover_account`). `look_up=True` always asks the CA (newAccount).
     Raises `AccountGone` when the stored key's account is deactivated."""
     directory = account_dir(state_dir, acme.directory)
     key, created = load_or_create_key(directory)
-    eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
-    url = session.use_account(key, contact=acme.contact, eab=eab)
     info_path = os.path.join(directory, "account.json")
-    info = {"url": url, "directory": acme.directory, "contact": list(acme.contact)}
     stored: object = None
     try:
         with open(info_path, encoding="utf-8") as handle:
             stored = json.load(handle)
     except (OSError, ValueError):
         pass
+    if not created and not look_up and isinstance(stored, dict) \
+            and _usable_url(stored.get("url")) and stored.get("directory") == acme.directory \
+            and stored.get("contact") == list(acme.contact):
+        session.adopt_account(key, str(stored["url"]))
+        return Opened(str(stored["url"]))
+    eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
+    url = session.use_account(key, contact=acme.contact, eab=eab)
+    info = {"url": url, "directory": acme.directory, "contact": list(acme.contact)}
     forgotten = None
     if not created and isinstance(stored, dict) and isinstance(stored.get("url"), str) \
             and stored["url"] != url:
@@ -91,6 +110,11 @@ def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str) -> Op
     if stored != info or created:
         write_file(info_path, json.dumps(info, indent=2).encode(), mode=0o600)
     return Opened(url, forgotten)
+
+
+def _usable_url(url: object) -> bool:
+    return isinstance(url, str) and urlsplit(url).scheme in ("https", "http") \
+        and bool(urlsplit(url).netloc)
 
 
 def _move_aside(path: str) -> None:

@@ -9,7 +9,7 @@ for certbot's `acme` library:
 - every CA answer mapped to a typed error carrying the problem type, detail, HTTP status and
   `Retry-After` (that library drops the headers);
 - `replaces` (RFC 9773 §5) on new orders, with the 409 `alreadyReplaced` fallback;
-- polling that starts at 20 ms and backs off to 1 s, honouring `Retry-After`, and stops at once
+- polling that starts at 5 ms and doubles up to 1 s, honouring `Retry-After`, and stops at once
   when the caller's stop event is set (no multi-second fixed sleeps).
 
 Callers see plain values (`Order`, `ChallengeTask`; `ari.RenewalInfo`), never protocol types.
@@ -17,9 +17,11 @@ Callers see plain values (`Order`, `ChallengeTask`; `ari.RenewalInfo`), never pr
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
+import os
 import re
 import ssl
 import threading
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -54,12 +56,22 @@ log = logging.getLogger(__name__)
 # be tiny: 20 fresh tries leave 1 in a million requests (12 lost ~4 % of 20-site runs).
 BAD_NONCE_TRIES = 20
 TRANSPORT_TRIES = 3  # connection refused/reset: retried twice, quickly
-POLL_FIRST = 0.02
+# Polls wait 5 ms, then twice as long each time, up to 1 s: a CA on the same network (Pebble
+# validates and issues in a few ms) is seen at once, and against a CA that takes seconds (Let's
+# Encrypt) there are no more polls than with slower starts: 10 for 3 s. Retry-After wins.
+POLL_FIRST = 0.005
+POLL_GROWTH = 2.0
 POLL_MAX = 1.0
 DIRECTORY_FAILURE_MEMORY = 30.0  # seconds a failed directory fetch is not retried
+# A directory fetched from the CA is kept on disk this long (seconds), for the next processes:
+# a vendor's script that runs `mamoru provision SITE` once per site, a daemon's worker per
+# burst of due sites. Short, so a CA's new endpoints, profiles or terms are seen within minutes;
+# an entry that fails (newNonce without a nonce, a 404) is dropped and fetched again at once.
+DIRECTORY_CACHE_SECONDS = 600.0
 USER_AGENT = f"mamoru/{__version__}"
 _TOKEN_IN_URL = re.compile(r"(/acme-challenge/)[A-Za-z0-9_-]{16,}")
 JOSE = "application/jose+json"
+_T = TypeVar("_T")
 PEM_CHAIN = "application/pem-certificate-chain"
 
 
@@ -119,8 +131,13 @@ class AcmeSession:
         timeout: float = 30.0,
         pool_size: int = 8,
         stop: threading.Event | None = None,
+        directory_cache: str | None = None,
     ) -> None:
         self.directory_url = directory_url
+        # The file the directory is kept in between processes (DIRECTORY_CACHE_SECONDS);
+        # None: fetched by every session.
+        self.directory_cache = directory_cache
+        self._directory_from_cache = False
         self.timeout = timeout
         self.stop = stop or threading.Event()
         # Only `ca_bundle` when it is given, else the system trust store (never an
@@ -206,6 +223,8 @@ class AcmeSession:
         response = self._request("HEAD", self.directory()["newNonce"])
         nonce = response.headers.get("Replay-Nonce")
         if not nonce:
+            if self._forget_cached_directory():  # the CA moved its endpoints: ask it again
+                return self._take_nonce()
             raise self._problem(response, "getting a nonce")
         return nonce
 
@@ -270,20 +289,92 @@ class AcmeSession:
     # -- directory and account ---------------------------------------------------------------
 
     def directory(self) -> dict[str, Any]:
-        """The CA's directory, fetched once. A failed fetch is remembered for
-        DIRECTORY_FAILURE_MEMORY seconds, so a run that meets a down or hanging CA waits for it
-        once (for the renewal window and the order alike), not once per step."""
-        if self._directory is None:
+        """The CA's directory, fetched once (or read from `directory_cache` while it is
+        fresh). A failed fetch is remembered for DIRECTORY_FAILURE_MEMORY seconds, so a run
+        that meets a down or hanging CA waits for it once (for the renewal window and the
+        order alike), not once per step."""
+        directory = self._directory
+        if directory is None:
+            cached = self._read_cached_directory()
+            if cached is not None:
+                self._directory, self._directory_from_cache = cached, True
+                return cached
             failed = self._directory_failure
             if failed is not None and time.monotonic() - failed[1] < DIRECTORY_FAILURE_MEMORY:
                 raise failed[0]
             try:
-                self._directory = self._fetch_directory()
+                directory = self._fetch_directory()
             except IssuanceError as error:
                 self._directory_failure = (error, time.monotonic())
                 raise
+            self._directory, self._directory_from_cache = directory, False
             self._directory_failure = None
-        return self._directory
+            self._write_cached_directory(directory)
+        return directory
+
+    def _read_cached_directory(self) -> dict[str, Any] | None:
+        """The directory kept by an earlier process, if it is for this URL, younger than
+        DIRECTORY_CACHE_SECONDS and still looks like a directory; None otherwise (a missing,
+        damaged or stale file is simply fetched again)."""
+        if self.directory_cache is None:
+            return None
+        try:
+            with open(self.directory_cache, "rb") as handle:
+                kept = json.loads(handle.read())
+            age = time.time() - float(kept["fetched"])
+            body = kept["directory"]
+            if kept["url"] != self.directory_url or not 0 <= age < DIRECTORY_CACHE_SECONDS \
+                    or not _is_directory(body):
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        result: dict[str, Any] = body
+        return result
+
+    def _write_cached_directory(self, directory: dict[str, Any]) -> None:
+        """Keep `directory` for the next processes. A cache: a write that fails costs the next
+        process one fetch, never this run (so no error, and no fsync of the directory)."""
+        if self.directory_cache is None:
+            return
+        from mamoru.storage.atomic import ensure_dir, write_file
+
+        kept = {"url": self.directory_url, "fetched": time.time(), "directory": directory}
+        try:
+            ensure_dir(os.path.dirname(self.directory_cache), 0o700)
+            write_file(self.directory_cache, json.dumps(kept).encode(), mode=0o600,
+                       sync_dir=False)
+        except OSError as error:
+            log.debug("could not keep the ACME directory in %s: %s", self.directory_cache, error)
+
+    def _forget_cached_directory(self) -> bool:
+        """The directory in use came from the cache and one of its URLs failed: drop the
+        file and the copy in memory, so the next `directory()` asks the CA. True when there
+        was such a copy (the caller then tries once more), False for a fetched directory."""
+        with self._lock:
+            if not self._directory_from_cache:
+                return False
+            self._directory, self._directory_from_cache = None, False
+        if self.directory_cache is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory_cache)
+        log.info("the cached ACME directory of %s failed; fetching it again", self.directory_url)
+        return True
+
+    def _at_directory_url(self, name: str, call: Callable[[str], _T]) -> _T:
+        """`call` with the directory's `name` URL. When the directory came from the cache and
+        the CA answers 404 there, the directory is fetched again and, if it names another
+        URL now, `call` tried once more there."""
+        directory = self.directory()
+        try:
+            return call(directory[name])
+        except IssuanceError as error:
+            if error.status != 404:
+                raise
+            if directory is self._directory and not self._forget_cached_directory():
+                raise  # a directory fetched just now: the 404 is the CA's answer
+            if self.directory().get(name) == directory[name]:
+                raise  # (it may have been fetched again meanwhile, by the nonce's failure)
+        return call(self.directory()[name])
 
     def _fetch_directory(self) -> dict[str, Any]:
         response = self._request("GET", self.directory_url)
@@ -291,8 +382,9 @@ class AcmeSession:
             raise self._problem(response, "fetching the ACME directory")
         try:
             body = response.json()
-            _ = body["newNonce"], body["newAccount"], body["newOrder"]
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            body = None
+        if not _is_directory(body):
             raise CAUnavailable(
                 f"{self.directory_url} is not an ACME directory (no newNonce/newAccount/"
                 "newOrder in its answer)",
@@ -321,24 +413,28 @@ class AcmeSession:
         §7.3.1), so a CA that forgot us is handled the same way as a first run. Returns its URL.
         `eab` is (kid, base64url HMAC key). Raises ValueError for an unusable key type."""
         signer = AccountSigner(key)
-        directory = self.directory()
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
         if contact:
             payload["contact"] = list(contact)
-        if eab is not None:
-            try:
-                payload["externalAccountBinding"] = signer.external_binding(
-                    eab[0], eab[1], directory["newAccount"])
-            except ValueError:
-                raise OrderFailed("acme.eab.hmac_key is not base64url",
-                                  hint="Copy the HMAC key exactly as the CA gave it.") from None
-        elif self.meta.get("externalAccountRequired"):
-            raise problem_error({"type": ACME_ERROR + "externalAccountRequired",
-                                 "detail": "the CA requires External Account Binding"},
-                                status=None, retry_after=None, url=directory["newAccount"],
-                                context="registering the account")
-        response = self.post(directory["newAccount"], payload, use_kid=False, signer=signer,
+
+        def register(new_account: str) -> Response:
+            if eab is not None:
+                try:
+                    payload["externalAccountBinding"] = signer.external_binding(
+                        eab[0], eab[1], new_account)
+                except ValueError:
+                    raise OrderFailed("acme.eab.hmac_key is not base64url",
+                                      hint="Copy the HMAC key exactly as the CA gave it."
+                                      ) from None
+            elif self.meta.get("externalAccountRequired"):
+                raise problem_error({"type": ACME_ERROR + "externalAccountRequired",
+                                     "detail": "the CA requires External Account Binding"},
+                                    status=None, retry_after=None, url=new_account,
+                                    context="registering the account")
+            return self.post(new_account, payload, use_kid=False, signer=signer,
                              context="registering the account")
+
+        response = self._at_directory_url("newAccount", register)
         url = response.headers.get("Location")
         if not url:
             raise CAUnavailable("the CA created an account but sent no Location header")
@@ -354,6 +450,13 @@ class AcmeSession:
         self._account = (signer, url)  # one assignment: orders see the old account or the new
         return url
 
+    def adopt_account(self, key: PrivateKey, url: str) -> None:
+        """Sign with `key` as the account at `url`, known from an earlier run, without asking
+        the CA (no newAccount). A CA that no longer accepts it refuses the first signed
+        request with `AccountGone`, which the caller answers as for any refused account.
+        Raises ValueError for an unusable key type."""
+        self._account = (AccountSigner(key), url)
+
     def key_authorization(self, token: str) -> str:
         """RFC 8555 §8.1: token "." base64url(JWK thumbprint of the account key)."""
         return f"{token}.{self._account_signer().thumbprint}"
@@ -367,7 +470,10 @@ class AcmeSession:
         payload: dict[str, Any] = {"identifiers": [{"type": "dns", "value": n} for n in names]}
         if profile:
             payload["profile"] = profile
-        url = self.directory()["newOrder"]
+        return self._at_directory_url("newOrder", lambda url: self._new_order(url, payload,
+                                                                              replaces))
+
+    def _new_order(self, url: str, payload: dict[str, Any], replaces: str | None) -> Order:
         if replaces:
             try:
                 response = self.post(url, {**payload, "replaces": replaces},
@@ -453,7 +559,8 @@ class AcmeSession:
             remaining = still
             return not remaining
 
-        self._poll(check, deadline, "validating the challenges")
+        # The CA has just been told: no authorization is done yet, so the first look waits.
+        self._poll(check, deadline, "validating the challenges", wait_first=True)
 
     def _authz_error(self, authz: dict[str, Any], name: str, task: ChallengeTask | None
                      ) -> IssuanceError:
@@ -487,28 +594,35 @@ class AcmeSession:
         body = self.post(order.finalize, {"csr": csr}, context="finalizing the order").json()
         state = {"body": body}
 
-        def ready(poll: PollState) -> bool:
-            status = state["body"].get("status")
-            if status == "valid" and state["body"].get("certificate"):
-                return True
+        def issued(body: dict[str, Any]) -> bool:
+            status = body.get("status")
             if status == "invalid":
-                raise problem_error(state["body"].get("error") or {}, status=None,
-                                    retry_after=None, url=order.url,
-                                    context="the order became invalid")
-            state["body"] = self.get(order.url, "checking the order", poll)
-            return False
+                raise problem_error(body.get("error") or {}, status=None, retry_after=None,
+                                    url=order.url, context="the order became invalid")
+            return status == "valid" and bool(body.get("certificate"))
 
-        self._poll(ready, deadline, "waiting for the certificate")
+        def ready(poll: PollState) -> bool:
+            # Each answer is looked at as it comes, not after the next wait.
+            state["body"] = self.get(order.url, "checking the order", poll)
+            return issued(state["body"])
+
+        if not issued(body):  # most CAs answer "processing" first: then wait, then look
+            self._poll(ready, deadline, "waiting for the certificate", wait_first=True)
         cert_url = state["body"]["certificate"]
         response = self.post(cert_url, None, accept=PEM_CHAIN,
                              context="downloading the certificate")
         return response.content
 
-    def _poll(self, done: Callable[[PollState], bool], deadline: float, what: str) -> None:
-        """Call `done(poll)` until it is true. `poll` belongs to this loop alone: the
-        Retry-After of its own answers steers its waits, whatever other orders hear."""
+    def _poll(self, done: Callable[[PollState], bool], deadline: float, what: str, *,
+              wait_first: bool = False) -> None:
+        """Call `done(poll)` until it is true, waiting POLL_FIRST, then twice as long each
+        time up to POLL_MAX, between calls (and before the first with `wait_first`). `poll`
+        belongs to this loop alone: the Retry-After of its own answers steers its waits,
+        whatever other orders hear."""
         delay = POLL_FIRST
         poll = PollState()
+        if wait_first and self.stop.wait(min(delay, max(deadline - time.monotonic(), 0))):
+            raise Cancelled(f"stopped while {what}")
         while not done(poll):
             now = time.monotonic()
             if now >= deadline:
@@ -520,7 +634,7 @@ class AcmeSession:
             wait = min(wait, deadline - now)
             if self.stop.wait(max(wait, 0)):
                 raise Cancelled(f"stopped while {what}")
-            delay = min(delay * 1.5, POLL_MAX)
+            delay = min(delay * POLL_GROWTH, POLL_MAX)
 
     # -- revocation -------------------------------------------------------------------
 
@@ -528,10 +642,17 @@ class AcmeSession:
         cert = x509.load_pem_x509_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         payload = {"certificate": b64(der), "reason": reason}
-        self.post(self.directory()["revokeCert"], payload, context="revoking the certificate")
+        self._at_directory_url("revokeCert", lambda url: self.post(
+            url, payload, context="revoking the certificate"))
 
     def close(self) -> None:
         self.http.close()
+
+
+def _is_directory(body: object) -> bool:
+    """An ACME directory names at least its newNonce, newAccount and newOrder URLs."""
+    return isinstance(body, dict) and all(isinstance(body.get(name), str) for name in
+                                          ("newNonce", "newAccount", "newOrder"))
 
 
 def _authz_name(authz: dict[str, Any]) -> str:
