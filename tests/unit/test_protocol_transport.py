@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tests.servers.tls import make_ca, make_leaf
@@ -106,15 +106,35 @@ def test_josepy_reads_and_verifies_our_jws(make: Any, kid: str | None) -> None:
     # mamoru signs by itself (not with josepy's JWS objects): josepy, an independent
     # implementation, must parse the same header and accept the signature.
     from acme.jws import JWS as JoseJWS  # josepy's JWS with ACME's header members
+    from josepy.jwk import JWK
 
-    signer = AccountSigner(make())
+    key = make()
+    signer = AccountSigner(key)
     jws = JoseJWS.json_loads(signer.sign({"csr": "x"}, url=URL, nonce="bm9uY2UtMQ", kid=kid))
-    assert jws.verify(signer._jwk.public_key())
+    public = JWK.load(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert jws.verify(public)
     header = jws.signature.combined
-    assert (header.url, header.kid, header.alg) == (URL, kid, signer.alg)
+    assert (header.url, header.kid, header.alg.name) == (URL, kid, signer.alg)
     assert header.nonce == b"nonce-1"
     assert (header.jwk is None) == (kid is not None)
     assert json.loads(jws.payload) == {"csr": "x"}
+
+
+@pytest.mark.parametrize("make", [lambda: ec.generate_private_key(ec.SECP256R1()),
+                                  lambda: ec.generate_private_key(ec.SECP384R1()),
+                                  lambda: rsa.generate_private_key(65537, 2048)])
+def test_public_jwk_and_thumbprint_are_josepys(make: Any) -> None:
+    # The JWK sent in newAccount and the thumbprint in every key authorization, made from
+    # cryptography's numbers, are what josepy (an independent implementation) makes.
+    from josepy.jwk import JWK
+
+    key = make()
+    signer = AccountSigner(key)
+    theirs = JWK.load(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert signer.jwk == theirs.to_partial_json()
+    assert signer.thumbprint == b64(theirs.thumbprint())
 
 
 def test_unsupported_account_key_is_refused() -> None:
