@@ -13,12 +13,9 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mamoru.challenges.base import ChallengeSolver, ChallengeTask, solver_for
-from mamoru.challenges.dns.base import CHALLENGE_TYPE as DNS01
-from mamoru.challenges.dns.base import DnsSolver, DnsTask, Journal, Waiter, publish
-from mamoru.challenges.dns.setup import dns_solver_for
 from mamoru.config.model import Site
 from mamoru.errors import OrderFailed
 from mamoru.observe.events import Events
@@ -26,6 +23,11 @@ from mamoru.protocol.ari import cert_id_or_none
 from mamoru.protocol.keys import PrivateKey, generate_key, key_pem, make_csr_der
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage import CertVersion
+
+if TYPE_CHECKING:  # the dns-01 code is imported only for a site that uses dns-01
+    from mamoru.challenges.dns.base import DnsSolver, Waiter
+
+DNS01 = "dns-01"  # = challenges.dns.base.CHALLENGE_TYPE (tests/unit/test_issuance_imports.py)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def _publish_dns(site: Site, dns: tuple[DnsSolver, Waiter | None] | None,
     """Every dns-01 record of the order in one batch, then one wait for all of them."""
     if dns is None or site.challenge.dns01 is None:
         raise OrderFailed(f"no dns-01 solver for {tasks[0].identifier}")
+    from mamoru.challenges.dns.base import DnsTask, Journal, publish
+
     records = [DnsTask.for_key_authorization(task.identifier, task.key_authorization)
                for task in tasks]
     started = time.monotonic()
@@ -136,7 +140,11 @@ def obtain_for_site(site: Site, session: AcmeSession, events: Events,
     challenge = site.challenge
     http_names = [name for name in site.domains if challenge.type_for(name) != DNS01]
     solver = solver_for(challenge) if http_names else None
-    dns = dns_solver_for(challenge.dns01) if challenge.dns01 is not None else None
+    dns = None
+    if challenge.dns01 is not None:
+        from mamoru.challenges.dns.setup import dns_solver_for
+
+        dns = dns_solver_for(challenge.dns01)
     key = _make_key(site.key)
     issued = obtain(site, session, solver, key, events, profile=profile,
                     replaces=replaces, timeout=timeout, finalize=finalize, dns=dns,
