@@ -57,8 +57,46 @@ def _remember_argparse_words() -> None:
             setattr(argparse, name, functools.lru_cache(maxsize=None)(lookup))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser; its help is in the language `mamoru.i18n.setup` chose (main runs it first)."""
+class _Unbuilt:
+    """Stands in for the parser of a verb this command line does not use: every call to it is
+    accepted and does nothing (`build_parser(only=...)`)."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return lambda *args, **kwargs: self
+
+
+class _Listed:
+    """Subparsers that add each verb other than `only` by its name and help line alone."""
+
+    def __init__(self, verbs: Any, only: str | None) -> None:
+        self.verbs, self.only = verbs, only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self.only is None or name == self.only:
+            return self.verbs.add_parser(name, **kwargs)
+        self.verbs.add_parser(name, help=kwargs.get("help"))
+        return _Unbuilt()
+
+
+def verb_of(argv: Sequence[str]) -> str | None:
+    """The verb of a command line, found without the parser: the first word that is neither
+    an option nor the value of -c/--config or --lang. None when there is none."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-c", "--config", "--lang"):
+            next(words, None)
+        elif word == "--":
+            return next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; its help is in the language `mamoru.i18n.setup` chose (main runs it first).
+    With `only`, only that verb's own arguments are built (every verb is still listed, with
+    its help line): a command builds what it parses, not the whole tree (docs/PERFORMANCE.md,
+    `--help`)."""
     from mamoru.i18n import _
 
     _remember_argparse_words()
@@ -67,14 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mamoru",
         description=_("Keeps a clinic's HTTPS certificates valid with nobody touching them."))
     _common(parser, top=True)
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs = _Listed(parser.add_subparsers(dest="verb", metavar="VERB"), only)
 
     def verb(name: str, help_text: str, func: Callable[[argparse.Namespace], int]
              ) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_text, description=help_text)
         _common(sub)
         sub.set_defaults(func=func)
-        return sub
+        result: argparse.ArgumentParser = sub
+        return result
 
     p = verb("provision", _("obtain and install certificates for sites that need one"),
              cmd_provision)
@@ -622,7 +661,8 @@ def _config_problems(error: Exception) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     i18n.setup(_lang_of(sys.argv[1:] if argv is None else argv))
     i18n.route_argparse(argparse)  # "usage:", "options", its errors: in the same language
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=verb_of(words) or "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -654,11 +694,12 @@ def console() -> int:
     closed all it keeps (storage fsyncs; the event log and sinks are closed by `events.close`),
     so that pass only costs time: 30-40 ms of a 0.3 s provision, with cryptography, ssl and
     PyYAML loaded (docs/PERFORMANCE.md). Not in `main`, which tests call in their own process."""
-    code = main()
     import gc
 
-    gc.freeze()  # objects now alive are left out of the collections at exit
-    return code
+    try:
+        return main()
+    finally:  # also after argparse's own exit (--help, a usage error)
+        gc.freeze()  # objects now alive are left out of the collections at exit
 
 
 if __name__ == "__main__":
