@@ -65,6 +65,33 @@ class Response:
 _Key = tuple[str, str, int]
 
 
+class _OneWrite:
+    """http.client sends a request's head and its body in two writes: two TLS records, two
+    system calls and two reads at the CA for every signed POST. A body of bytes (what every
+    ACME request has) goes out with the head in one write here; anything else is sent as
+    http.client does."""
+
+    _buffer: list[bytes]
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if isinstance(message_body, bytes) and not encode_chunked and \
+                isinstance(getattr(self, "_buffer", None), list):
+            self._buffer.extend((b"", b""))
+            head = b"\r\n".join(self._buffer)
+            del self._buffer[:]
+            self.send(head + message_body)  # type: ignore[attr-defined]
+            return
+        super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+
+
+class _HTTPConnection(_OneWrite, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
 class ConnectionPool:
     """Keep-alive connections per (scheme, host, port), safe to share between threads.
 
@@ -92,14 +119,14 @@ class ConnectionPool:
     def _connect(self, key: _Key) -> http.client.HTTPConnection:
         scheme, host, port = key
         if scheme == "http":
-            return http.client.HTTPConnection(host, port, timeout=self.timeout)
+            return _HTTPConnection(host, port, timeout=self.timeout)
         proxy = _https_proxy(host)
         if proxy is None:
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=self._ssl_context())
+            return _HTTPSConnection(host, port, timeout=self.timeout,
+                                    context=self._ssl_context())
         proxy_host, proxy_port, proxy_headers = proxy
-        connection = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout,
-                                                 context=self._ssl_context())
+        connection = _HTTPSConnection(proxy_host, proxy_port, timeout=self.timeout,
+                                      context=self._ssl_context())
         connection.set_tunnel(host, port, headers=proxy_headers)
         return connection
 
