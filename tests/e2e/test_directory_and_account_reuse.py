@@ -121,3 +121,27 @@ def test_a_changed_contact_looks_the_account_up_again(tmp_path: Path, pebble: Pe
                               acme={"contact": "it@clinic.example"})
         assert provision_json("-c", str(config), "dental")["ok"] is True
     assert requests_to(pebble, "POST", "/sign-me-up") == accounts + 1
+
+
+def test_a_key_that_is_not_the_stored_accounts_is_looked_up(tmp_path: Path,
+                                                            pebble: Pebble) -> None:
+    """key.pem put back from another copy of the state (a backup, another server) no longer
+    matches account.json: the account is looked up with newAccount for that key, never
+    signed for with the URL of another key's account."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from mamoru.protocol.keys import key_pem
+
+    webroot = tmp_path / "webroot"
+    webroot.mkdir()
+    config = two_sites(tmp_path, pebble, webroot)
+    account = Path(account_dir(str(tmp_path / "state"), pebble.directory_url))
+    with WebrootServer(webroot, pebble.http_port):
+        assert provision_json("-c", str(config), "clinic")["ok"] is True
+        accounts = requests_to(pebble, "POST", "/sign-me-up")
+        old_url = json.loads((account / "account.json").read_text())["url"]
+        (account / "key.pem").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+        second = provision_json("-c", str(config), "dental")
+    assert second["ok"] is True and second["sites"][0]["status"] == "issued", second
+    assert requests_to(pebble, "POST", "/sign-me-up") == accounts + 1
+    assert json.loads((account / "account.json").read_text())["url"] != old_url

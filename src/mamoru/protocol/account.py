@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mamoru.config.model import AcmeSettings
+from mamoru.protocol.jws import AccountSigner
 from mamoru.protocol.keys import PrivateKey, key_pem, load_key
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage.atomic import ensure_dir, write_file
@@ -80,10 +81,11 @@ def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str, *,
     """Load or register the account for `acme.directory` on `session`.
 
     An account this state has used before (its key, and account.json naming its URL for the
-    same directory and contact) is used as it is, with no request to the CA: a process that
-    orders one certificate saves the newAccount round trip. Should the CA no longer accept it,
-    the first signed request is refused with `AccountGone`, and the caller replaces the
-    account (`App.recover_account`). `look_up=True` always asks the CA (newAccount).
+    same directory, the same contact and this key's thumbprint) is used as it is, with no
+    request to the CA: a process that orders one certificate saves the newAccount round trip.
+    Should the CA no longer accept it, the first signed request is refused with
+    `AccountGone`, and the caller replaces the account (`App.recover_account`).
+    `look_up=True` always asks the CA (newAccount).
     Raises `AccountGone` when the stored key's account is deactivated."""
     directory = account_dir(state_dir, acme.directory)
     key, created = load_or_create_key(directory)
@@ -94,14 +96,17 @@ def open_account(session: AcmeSession, acme: AcmeSettings, state_dir: str, *,
             stored = json.load(handle)
     except (OSError, ValueError):
         pass
+    thumbprint = AccountSigner(key).thumbprint  # a key put back from elsewhere is looked up
     if not created and not look_up and isinstance(stored, dict) \
             and _usable_url(stored.get("url")) and stored.get("directory") == acme.directory \
-            and stored.get("contact") == list(acme.contact):
+            and stored.get("contact") == list(acme.contact) \
+            and stored.get("thumbprint") == thumbprint:
         session.adopt_account(key, str(stored["url"]))
         return Opened(str(stored["url"]))
     eab = (acme.eab.kid, acme.eab.hmac_key.reveal()) if acme.eab else None
     url = session.use_account(key, contact=acme.contact, eab=eab)
-    info = {"url": url, "directory": acme.directory, "contact": list(acme.contact)}
+    info = {"url": url, "directory": acme.directory, "contact": list(acme.contact),
+            "thumbprint": thumbprint}
     forgotten = None
     if not created and isinstance(stored, dict) and isinstance(stored.get("url"), str) \
             and stored["url"] != url:
