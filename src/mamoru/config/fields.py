@@ -10,7 +10,6 @@ keys nobody asked for as unknown, with a "did you mean" for a near miss.
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any
 
@@ -205,6 +204,8 @@ class Fields:
         known = sorted(self.used)
         for key, (line, _node) in self.items.items():
             if key not in self.used:
+                import difflib  # only for a mistyped key: every command reads a config
+
                 close = difflib.get_close_matches(key, known, n=1)
                 where = self.child_path(key)
                 if close:
