@@ -572,4 +572,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        import gc
+
+        gc.freeze()  # no last collection over every live object at exit (see cli.console)
+    sys.exit(code)
