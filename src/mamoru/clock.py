@@ -23,13 +23,19 @@ def utcnow() -> datetime:
 def parse_time(value: object) -> datetime | None:
     """An aware datetime from ISO 8601 text ("Z" accepted; no offset means UTC), or None for
     anything that is not one (None, "", garbage, a number)."""
-    if isinstance(value, datetime):
-        when = value
-    elif isinstance(value, str) and value.strip():
+    if isinstance(value, str):
         try:
-            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            when = datetime.fromisoformat(value)  # what mamoru writes: one C call
         except ValueError:
-            return None
+            text = value.strip().replace("Z", "+00:00")
+            if not text:
+                return None
+            try:
+                when = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+    elif isinstance(value, datetime):
+        when = value
     else:
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)

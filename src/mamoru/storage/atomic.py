@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 
 from mamoru.errors import StorageError
 
@@ -28,6 +27,12 @@ def _describe(error: OSError, path: str) -> StorageError:
             "directories (with systemd: ReadWritePaths=).",
         )
     return StorageError(f"could not write {path}: {error.strerror}")
+
+
+def temp_tag() -> str:
+    """Eight random hex digits that keep concurrent writers' temp names apart (os.urandom:
+    the `secrets` module would bring hmac and OpenSSL's hashlib into every process)."""
+    return os.urandom(4).hex()
 
 
 def fsync_dir(path: str) -> None:
@@ -73,7 +78,7 @@ def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None
     `gid` and then exactly `mode`, all before its first byte: a key is never readable by
     anyone else, not even root's group for an instant."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{temp_tag()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -99,7 +104,7 @@ def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None
 def replace_symlink(link: str, target: str) -> None:
     """Point `link` at `target` atomically (symlink a temp name, then rename(2) over `link`)."""
     directory = os.path.dirname(link) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(link)}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(link)}.{temp_tag()}.tmp")
     try:
         os.symlink(target, tmp)
         os.replace(tmp, link)
