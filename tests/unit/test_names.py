@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mamoru.config.names import NameError_, check_site_name, normalize_domain
+from mamoru.config.names import NameError_, _normalize, check_site_name, normalize_domain
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,41 @@ def test_site_names_ok(name: str) -> None:
 def test_site_names_refused(name: object) -> None:
     with pytest.raises(NameError_):
         check_site_name(name)
+
+
+# The fast path of normalize_domain (a name that is already lower-case LDH labels) must give
+# exactly what the full checks give, and leave every other name to them.
+_LABEL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+
+
+@given(st.lists(st.text(alphabet=_LABEL_CHARS + "X.*", min_size=1, max_size=70),
+                min_size=1, max_size=5).map(".".join))
+@settings(max_examples=600, deadline=None)
+def test_fast_path_agrees_with_the_full_checks(raw: str) -> None:
+    try:
+        slow: str | Exception = _normalize(raw)
+    except NameError_ as error:
+        slow = error
+    try:
+        fast: str | Exception = normalize_domain(raw)
+    except NameError_ as error:
+        fast = error
+    if isinstance(slow, Exception):
+        assert isinstance(fast, NameError_) and str(fast) == str(slow)
+    else:
+        assert fast == slow
+
+
+@pytest.mark.parametrize("raw", ["1.2.3.4", "clinic.123", "xn--zz.example", "Clinic.Example",
+                                 "clinic.example.", "a" * 64 + ".example",
+                                 ".".join(["a" * 63] * 4) + ".example"])
+def test_names_the_fast_path_leaves_to_the_full_checks(raw: str) -> None:
+    try:
+        expected: str | None = _normalize(raw)
+    except NameError_:
+        expected = None
+    if expected is None:
+        with pytest.raises(NameError_):
+            normalize_domain(raw)
+    else:
+        assert normalize_domain(raw) == expected

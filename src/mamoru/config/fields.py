@@ -11,6 +11,7 @@ keys nobody asked for as unknown, with a "did you mean" for a near miss.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from mamoru.config.yamlnodes import Node, Problems, kind
@@ -24,11 +25,14 @@ _ANY_HOST = "0.0.0.0"  # noqa: S104 - only parsed, never bound
 # Characters that end a directive, a block or a line, start a comment, quote, or expand a
 # variable in nginx or Apache config files.
 _UNSAFE = frozenset(';{}#"\'\\$`')
+_UNSAFE_OR_CONTROL = re.compile(r"[;{}#\"'\\$`\x00-\x1f\x7f]")
 
 
 def unsafe_characters(value: str) -> str:
     """A description of the characters in `value` that may not go into a generated web server
     config ('' when there are none)."""
+    if not _UNSAFE_OR_CONTROL.search(value):
+        return ""
     found = sorted({c for c in value if c in _UNSAFE or ord(c) < 0x20 or ord(c) == 0x7F})
     return ", ".join("a line break" if c in "\r\n" else repr(c) for c in found)
 
@@ -81,20 +85,19 @@ class Fields:
 
     def value(self, key: str, types: tuple[type, ...], what: str, default: Any = REQUIRED) -> Any:
         node = self.node(key)
-        path = self.child_path(key)
         if node is None or node.value is None:
             if default is REQUIRED:
-                self.problems.error(self.line, path, N_("is required"))
+                self.problems.error(self.line, self.child_path(key), N_("is required"))
                 return None
             return default
         value = node.value
         if isinstance(value, bool) and bool not in types:
-            self.problems.error(node.line, path, N_("must be {what}, not a true/false value"),
-                                what=what)
+            self.problems.error(node.line, self.child_path(key),
+                                N_("must be {what}, not a true/false value"), what=what)
             return default if default is not REQUIRED else None
         if not isinstance(value, types):
-            self.problems.error(node.line, path, N_("must be {what}, not {kind}"), what=what,
-                                kind=kind(node))
+            self.problems.error(node.line, self.child_path(key), N_("must be {what}, not {kind}"),
+                                what=what, kind=kind(node))
             return default if default is not REQUIRED else None
         return value
 

@@ -18,6 +18,11 @@ import idna
 
 SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# A name that is already what normalize_domain returns (lower-case LDH labels, two or more, a
+# wildcard only as the whole first label): nearly every name of a config. Names with an
+# xn-- label, an all-digit last label or over 253 characters still take the long way.
+_NORMAL = re.compile(r"(?:\*\.)?(?:(?!-)[a-z0-9-]{1,63}(?<!-)\.)+(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 # Script sets a browser shows as Unicode rather than punycode (Chrome's IDN policy, simplified):
 # one script, or Latin mixed with the East Asian scripts that are written together.
@@ -65,10 +70,18 @@ def normalize_domain(raw: object) -> str:
     """Return `raw` as a lower-case A-label name, or raise NameError_ saying what is wrong."""
     if not isinstance(raw, str):
         raise NameError_(f"a domain name must be a string, not {type(raw).__name__}")
+    if (_NORMAL.match(raw) and len(raw) <= 253 and "xn--" not in raw
+            and not raw[raw.rfind(".") + 1:].isdigit()):
+        return raw  # already normal: the checks below would return it as it is
+    return _normalize(raw)
+
+
+def _normalize(raw: str) -> str:
+    """normalize_domain's checks, one by one (every name that is not already normal)."""
     original = raw
     if raw == "":
         raise NameError_("empty domain name")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw):
+    if _CONTROL.search(raw):
         raise NameError_(f"{original!r} contains spaces or control characters")
     # ASCII has no invisible characters beyond the controls and space refused above.
     hidden = [] if raw.isascii() else [

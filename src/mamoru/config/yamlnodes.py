@@ -24,6 +24,7 @@ _STANDARD_TAGS = {
     for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp")
 }
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
 _MAX_DEPTH = 32
 # The pure-Python composer stops at twice that, so a document that is merely too deep gets the
 # same located message from _convert with either composer.
@@ -223,6 +224,8 @@ def _convert(node: YamlNode, loader: yaml.SafeLoader | yaml.CSafeLoader, problem
             if child is not None:
                 values.append(child)
         return Node(line, values)
+    if node.tag == _STR_TAG and isinstance(node.value, str):
+        return Node(line, node.value)  # what SafeConstructor makes of it, without its machinery
     try:
         value = loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, OverflowError) as error:
