@@ -13,7 +13,6 @@ defence, because a CA's problem detail may quote the challenge URL it fetched.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -180,7 +179,7 @@ class Events:
             try:
                 sink.emit(event)
             except Exception:  # a sink must never stop a renewal
-                logging.getLogger(__name__).exception("event sink %r failed", sink)
+                _log().exception("event sink %r failed", sink)
 
     def close(self, timeout: float = 10.0) -> None:
         """Close every sink that has work in flight (alerts still being delivered, a metrics
@@ -191,7 +190,15 @@ class Events:
                 try:
                     closer(timeout)
                 except Exception:
-                    logging.getLogger(__name__).exception("closing event sink %r failed", sink)
+                    _log().exception("closing event sink %r failed", sink)
+
+
+def _log() -> Any:
+    """This module's logger, for a sink that failed (logging is imported then: `mamoru status`
+    and the resident daemon's start need no logging machinery)."""
+    import logging
+
+    return logging.getLogger(__name__)
 
 
 # Sinks moved to observe/sinks.py; these names are still importable from here so callers

@@ -26,8 +26,8 @@ from mamoru.i18n import N_, _, ngettext
 from mamoru.observe.danger import danger_threshold
 from mamoru.observe.events import iso, scrub
 from mamoru.observe.messages import plural
-from mamoru.renewal.policy import CertFacts, Wanted, decide
 from mamoru.storage import CertVersion, FileStorage
+from mamoru.storage.sitestate import SiteState
 
 
 @dataclass(frozen=True)
@@ -90,37 +90,32 @@ def _iso(when: datetime | None) -> str | None:
     return iso(when) if when else None
 
 
-def _state(storage: FileStorage, site: str) -> dict[str, Any]:
-    """The one read of a site's renewal state (as its state.json keys)."""
-    return storage.load_state(site).to_json()
-
-
 def site_status(site: Site, storage: FileStorage, now: datetime, *,
                 version: CertVersion | None = None,
-                state: dict[str, Any] | None = None) -> SiteStatus:
+                state: SiteState | None = None) -> SiteStatus:
     """The status of one site from its live version and state.json (read unless given)."""
     if version is None:
         version = storage.live(site.name)
     if state is None:
-        state = _state(storage, site.name)
+        state = storage.load_state(site.name)
     meta = version.meta if version else {}
     not_before = parse_time(meta.get("not_before"))
     not_after = parse_time(meta.get("not_after"))
-    failures = int(state.get("attempts") or 0)
-    last = state.get("last_attempt") if isinstance(state.get("last_attempt"), dict) else None
-    if last is not None:
-        last = scrub(last)  # a CA detail may quote the challenge URL with its token
+    failures = state.attempts
+    # a CA detail may quote the challenge URL with its token
+    last = scrub(state.last_attempt.to_json()) if state.last_attempt is not None else None
 
     next_renewal, why = _next_renewal(site, state, failures, not_before, not_after, now)
     installed = version is not None
     verified: bool | None = None
-    record = state.get("installed")
+    record = state.installed
     if site.server.type != "none" and installed:
-        verified = bool(isinstance(record, dict) and record.get("serial") == meta.get("serial")
-                        and record.get("verified"))
-    ari = state.get("ari") if isinstance(state.get("ari"), dict) else None
-    if ari is not None:
-        ari = {k: ari.get(k) for k in ("start", "end", "retry_after", "explanation_url")}
+        verified = bool(record is not None and record.serial == meta.get("serial")
+                        and record.verified)
+    ari = None
+    if state.ari is not None:
+        window = state.ari.to_json()
+        ari = {k: window.get(k) for k in ("start", "end", "retry_after", "explanation_url")}
 
     danger: list[str] = []
     said: list[str] = []
@@ -132,10 +127,9 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
     if last is not None and _went_wrong(last):
         reason("last attempt {outcome}: {error}", _("last attempt {outcome}: {error}"),
                outcome=last.get("outcome"), error=last.get("error_class") or "error")
-    revoked = state.get("revoked")
     if version is None:
         reason("no certificate", _("no certificate"))
-    elif isinstance(revoked, dict) and revoked.get("serial") == meta.get("serial"):
+    elif state.revoked is not None and state.revoked.serial == meta.get("serial"):
         # browsers may refuse it
         reason("the live certificate was revoked", _("the live certificate was revoked"))
     if version is not None and not_after is not None and not_before is not None:
@@ -150,7 +144,7 @@ def site_status(site: Site, storage: FileStorage, now: datetime, *,
         serial=meta.get("serial"), issuer=meta.get("issuer"),
         not_before=not_before, not_after=not_after,
         next_renewal=next_renewal, why=why, last_attempt=last,
-        last_success=parse_time(state.get("last_success")), failures=failures,
+        last_success=state.last_success, failures=failures,
         installed=installed, verified=verified, ari=ari, danger=danger, danger_said=said,
         now=now)
 
@@ -160,20 +154,21 @@ def _went_wrong(last: dict[str, Any] | None) -> bool:
     return last is not None and last.get("outcome") not in (None, "ok")
 
 
-def _next_renewal(site: Site, state: dict[str, Any], failures: int,
+def _next_renewal(site: Site, state: SiteState, failures: int,
                   not_before: datetime | None, not_after: datetime | None, now: datetime
                   ) -> tuple[datetime | None, str | None]:
     """When the next attempt is planned and why, as the schedule recorded it."""
-    retry = parse_time(state.get("next_attempt"))
+    retry = state.next_attempt
     if failures and retry is not None:
         return retry, f"backoff: retry after {plural(failures, 'failed attempt')}"
-    due = parse_time(state.get("next_due"))
-    if due is not None:
-        return due, str(state.get("why") or "")
+    if state.next_due is not None:
+        return state.next_due, state.why or ""
     if not_before is None or not_after is None:
         return now, N_("no certificate yet")
     # No schedule recorded (a certificate put in place by hand): the renewal policy itself,
     # unjittered, for a certificate that is what the config asks for.
+    from mamoru.renewal.policy import CertFacts, Wanted, decide
+
     names = frozenset(site.domains)
     cert = CertFacts(names=names, key=None, profile=None, not_before=not_before,
                      not_after=not_after)
