@@ -12,12 +12,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mamoru import i18n  # light (gettext only); main sets the language before anything speaks
+from mamoru.i18n import N_
 
 if TYPE_CHECKING:
     from mamoru.app import App
     from mamoru.config.model import Settings, Site
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Verbs that read local files and print, and log nothing: without -v they start without the
+# logging machinery (a warning from a library would still reach stderr, through logging's
+# last-resort handler).
+QUIET_VERBS = frozenset({"status", "log", "check-config"})
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -57,6 +62,35 @@ def _remember_argparse_words() -> None:
             setattr(argparse, name, functools.lru_cache(maxsize=None)(lookup))
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() finds it ($COLUMNS, then stdout's
+    terminal, else 80), without importing shutil."""
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    stream = sys.__stdout__
+    if columns <= 0 and stream is not None:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own formatter, measuring the terminal itself: the stock one imports shutil
+    for that (and shutil bz2 and lzma) at every argument added, to check its help: about 3 ms
+    of every command, most of which print no help at all."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
 class _Unbuilt:
     """Stands in for the parser of a verb this command line does not use: every call to it is
     accepted and does nothing (`build_parser(only=...)`)."""
@@ -72,9 +106,11 @@ class _Listed:
         self.verbs, self.only = verbs, only
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("formatter_class", _Formatter)
         if self.only is None or name == self.only:
             return self.verbs.add_parser(name, **kwargs)
-        self.verbs.add_parser(name, help=kwargs.get("help"))
+        self.verbs.add_parser(name, help=kwargs.get("help"),
+                              formatter_class=kwargs["formatter_class"])
         return _Unbuilt()
 
 
@@ -102,7 +138,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _remember_argparse_words()
 
     parser = argparse.ArgumentParser(
-        prog="mamoru",
+        prog="mamoru", formatter_class=_Formatter,
         description=_("Keeps a clinic's HTTPS certificates valid with nobody touching them."))
     _common(parser, top=True)
     verbs = _Listed(parser.add_subparsers(dest="verb", metavar="VERB"), only)
@@ -204,9 +240,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help=_("restore certbot's files from the backup taken before the import and "
                    "remove the imported sites"))
 
-    from mamoru.fleet.commands import add_parser as fleet_verbs  # light: no fleet extra needed
+    if only in (None, "fleet"):
+        from mamoru.fleet.commands import add_parser as fleet_verbs  # no fleet extra needed
 
-    fleet_verbs(verbs)
+        fleet_verbs(verbs, _(FLEET_HELP))
+    else:  # listed by its help line, without importing the vendor's side
+        verbs.add_parser("fleet", help=_(FLEET_HELP))
 
     p = verb("revoke", _("revoke a site's current certificate and put a new one in service"),
              cmd_revoke)
@@ -228,6 +267,8 @@ def _status_word(status: str) -> str:
     return _(words[status]) if status in words else status
 
 
+FLEET_HELP = N_("the vendor's side: every clinic in one PostgreSQL (needs `pip install "
+                "mamoru[fleet]`)")
 REVOCATION_REASONS = {"unspecified": 0, "keyCompromise": 1, "superseded": 4,
                       "cessationOfOperation": 5}
 
@@ -667,7 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    _setup_logging(args.verbose)
+    if args.verbose or args.verb not in QUIET_VERBS:
+        _setup_logging(args.verbose)
     from mamoru.errors import ConfigError, MamoruError, UsageError
 
     try:

@@ -14,9 +14,9 @@ from mamoru.i18n import _
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def add_parser(verbs: Any) -> None:
-    fleet = verbs.add_parser("fleet", help=_("the vendor's side: every clinic in one PostgreSQL "
-                             "(needs `pip install mamoru[fleet]`)"),
+def add_parser(verbs: Any, help_text: str) -> None:
+    """The `fleet` verb and its own verbs; `help_text` is its line in `mamoru --help`."""
+    fleet = verbs.add_parser("fleet", help=help_text,
                              description=_("The vendor's side: every clinic's renewals in one "
                              "PostgreSQL, one page and one command."))
     sub = fleet.add_subparsers(dest="fleet_verb", metavar="VERB", required=True)
