@@ -25,14 +25,16 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mamoru.config.model import Site
 from mamoru.errors import ConfigTestFailed, InstallError, MamoruError, ReloadFailed
-from mamoru.install.base import ConfigWritingInstaller, Installer
-from mamoru.install.files import Deployment, restore, site_file, write_owned
 from mamoru.netaddr import connect_address, show_address
 from mamoru.observe.events import Events
+
+if TYPE_CHECKING:  # imported when a bootstrap is put up: most runs only ask needed()
+    from mamoru.install.base import Installer
+    from mamoru.install.files import Deployment
 
 PROBE_TIMEOUT = 10.0
 """Seconds to wait for the reloaded server to serve the probe file (nginx and Apache load a
@@ -74,6 +76,9 @@ class Bootstrap:
         server answers with it. Raises ConfigTestFailed or ReloadFailed having put everything
         back; a server that never serves the probe is a warning, not an error (the CA's own
         validation is the judge: it may reach the server where mamoru cannot)."""
+        from mamoru.install.base import ConfigWritingInstaller
+        from mamoru.install.files import site_file, write_owned
+
         installer = self.installer
         assert isinstance(installer, ConfigWritingInstaller)
         started = time.monotonic()
@@ -135,6 +140,8 @@ class Bootstrap:
         was reloaded. Returns the problems met (never raises)."""
         if self.deployment is None:
             return []
+        from mamoru.install.files import restore
+
         problems = restore(self.deployment)
         self.deployment = None
         reloaded_again = False

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mamoru.config.model import Site
 from mamoru.errors import (
@@ -36,35 +36,33 @@ from mamoru.errors import (
     StorageError,
     VerifyFailed,
 )
-from mamoru.install.apache import ApacheInstaller
-from mamoru.install.base import CommandInstaller, Installer
-from mamoru.install.commands import (
-    DEFAULT_TEST,
-    OUTPUT_TAIL,
-    default_reload,
-    default_test,
-    important_lines,
-    systemd_running,
-    systemd_unit,
-    unit_active,
-)
 from mamoru.install.files import Deployment, IncludeLine, InstallRefused
-from mamoru.install.nginx import NginxInstaller
-from mamoru.install.verify import (
-    VerifyReport,
-    leaf_der,
-    served_matches,
-    server_down,
-    verify_address,
-    wait_until_served,
-)
 from mamoru.netaddr import show_address
 from mamoru.observe.events import Events
 from mamoru.storage.base import Storage
 from mamoru.storage.lineage import CertVersion
 
-__all__ = ["InstallRefused", "InstallResult", "Installer", "install", "installer_for",
-           "served_matches"]
+if TYPE_CHECKING:
+    from mamoru.install.base import Installer
+    from mamoru.install.verify import VerifyReport
+
+# The installers, the commands and the TLS proof are imported when a site with a server is
+# installed: a site without one (and every process that never installs) does not load them.
+
+__all__ = ["InstallRefused", "InstallResult", "install", "installer_for"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Installer` and `served_matches`, still importable from here, loaded on first use."""
+    if name == "Installer":
+        from mamoru.install import base
+
+        return base.Installer
+    if name == "served_matches":
+        from mamoru.install import verify
+
+        return verify.served_matches
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -92,10 +90,25 @@ class KnowsKeyMode(Protocol):
     key_mode: int
 
 
-def installer_for(site: Site, *, systemd: Callable[[], bool] = systemd_running,
-                  active: Callable[[str], bool] = unit_active) -> Installer:
+def installer_for(site: Site, *, systemd: Callable[[], bool] | None = None,
+                  active: Callable[[str], bool] | None = None) -> Installer:
     """The installer for `site`'s server settings (type nginx, apache or command): explicit
-    `server.test` / `server.reload` argv, else the defaults for this machine (commands.py)."""
+    `server.test` / `server.reload` argv, else the defaults for this machine (commands.py;
+    `systemd` and `active` answer its questions about this machine's systemd, for tests)."""
+    from mamoru.install.apache import ApacheInstaller
+    from mamoru.install.base import CommandInstaller
+    from mamoru.install.commands import (
+        DEFAULT_TEST,
+        default_reload,
+        default_test,
+        systemd_running,
+        systemd_unit,
+        unit_active,
+    )
+    from mamoru.install.nginx import NginxInstaller
+
+    systemd = systemd or systemd_running
+    active = active or unit_active
     server = site.server
     timeout = server.command_timeout
     if server.type == "command":
@@ -175,6 +188,8 @@ class _Transaction:
                       duration=round(self._lap("config_test"), 3),
                       warnings=_warnings(tested.output) or None)
 
+            from mamoru.install.verify import server_down
+
             down = server_down(site) if self.previous is not None else None
             if down is not None:
                 # Never reload a server that is down (`apachectl -k graceful` would start it):
@@ -201,6 +216,8 @@ class _Transaction:
             raise
 
     def verify(self) -> bool:
+        from mamoru.install.verify import leaf_der, verify_address, wait_until_served
+
         address = verify_address(self.site)
         if address is None:
             return False
@@ -301,6 +318,8 @@ class _Transaction:
 
     def config_failed(self, error: ConfigTestFailed, already_broken: bool, note: str
                       ) -> ConfigTestFailed:
+        from mamoru.install.commands import important_lines
+
         name = self.installer.server_name
         lines = important_lines(error.output) or str(error)
         if already_broken:
@@ -315,9 +334,10 @@ class _Transaction:
         return ConfigTestFailed(message + note, hint=hint, output=error.output)
 
     def verify_failed(self, report: VerifyReport) -> VerifyFailed:
-        previous_der = leaf_der(self.previous.read("cert.pem")) if self.previous else None
+        from mamoru.install.verify import leaf_der
         from mamoru.observe.messages import render
 
+        previous_der = leaf_der(self.previous.read("cert.pem")) if self.previous else None
         old: list[str] = []
         other: list[dict[str, object]] = []
         unreachable: list[dict[str, object]] = []
@@ -368,6 +388,8 @@ class _Transaction:
             return why + ", then run `mamoru provision` again", (
                 f"Add the include line(s) to the {block} for these names, check there is no "
                 f"other {block} with the same names, then run `mamoru provision` again.")
+        from mamoru.install.commands import important_lines
+
         conflicts = [line for line in self.test_output.splitlines()
                      if "conflicting server name" in line]
         why = (f"Another {block} answers for these names before mamoru's "
@@ -433,6 +455,8 @@ def _where(address: tuple[str, int]) -> str:
 
 
 def _with_message(error: InstallError, message: str) -> InstallError:
+    from mamoru.install.commands import OUTPUT_TAIL
+
     if isinstance(error, VerifyFailed):
         return VerifyFailed(message, names=error.names, hint=error.hint, output=error.output)
     return type(error)(message, hint=error.hint, output=error.output[-OUTPUT_TAIL:])
