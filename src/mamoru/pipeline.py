@@ -92,10 +92,10 @@ class Run:
         self.state = self.app.storage.load_state(self.site.name)
         self.attempt = self.state.attempts + 1
 
-    def save(self, state: SiteState) -> None:
+    def save(self, state: SiteState, *, durable: bool = True) -> None:
         self.state = state
         if not self.dry_run:
-            self.app.storage.save_state(self.site.name, state)
+            self.app.storage.save_state(self.site.name, state, durable=durable)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -173,7 +173,9 @@ def story(run: Run, *, force: bool, dry_run: bool, honour_backoff: bool) -> Outc
         return reinstall(run, current, decision)
 
     ordered = time.monotonic()
-    run.save(run.state.started(app.clock(), os.getpid()))  # a killed run counts as failed
+    # A killed run counts as failed. The marker outlives a killed process without an fsync;
+    # only a power cut in the next seconds could lose it (and with it, one failure's count).
+    run.save(run.state.started(app.clock(), os.getpid()), durable=False)
     from mamoru.install.bootstrap import kept_until_replaced
     from mamoru.install.transaction import install
 

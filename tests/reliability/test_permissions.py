@@ -24,7 +24,10 @@ from tests.servers.pebble import Pebble
 
 STRACE = "/usr/bin/strace"
 KEY_GROUP = "nogroup"  # present on every Debian system
-KEY_FILES = re.compile(r"/\.(privkey\.pem|key\.pem)\.[0-9a-f]+\.tmp$")
+# A key is created under a temp name beside its final name (the account key), or under its own
+# name inside a version directory that is itself still a temp name (a site's key).
+KEY_FILES = re.compile(r"/\.(privkey\.pem|key\.pem)\.[0-9a-f]+\.tmp$"
+                       r"|/versions/\.\d{4,}\.[0-9a-f]+\.tmp/privkey\.pem$")
 SYSCALL = re.compile(r"^(?P<pid>\d+) +(?P<call>\w+)\((?P<args>.*)\) += (?P<ret>-?\d+)")
 
 
@@ -87,7 +90,8 @@ def test_keys_are_private_from_the_first_system_call(umask: int, tmp_path: Path,
                           {"clinic": standalone_site(["clinic.example"], pebble.http_port)})
     calls = strace_provision(tmp_path, config, umask)
     created = key_creations(calls)
-    names = sorted(c.args.split('"')[1].rsplit("/", 1)[1].split(".")[1] for c, _ in created)
+    names = sorted(c.args.split('"')[1].rsplit("/", 1)[1].lstrip(".").split(".")[0]
+                   for c, _ in created)
     assert names == ["key", "privkey"], names  # the account key and the site key
     for call, before_write in created:
         assert call.args.endswith(", 0600"), call  # created 0600, not chmod-ed there later

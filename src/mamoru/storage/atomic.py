@@ -73,25 +73,16 @@ def ensure_dir(path: str, mode: int = 0o700, gid: int | None = None) -> None:
 
 
 def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None,
-               sync_dir: bool = True) -> None:
+               sync_dir: bool = True, sync: bool = True) -> None:
     """Atomically replace `path` with `data`. The file is created 0600, then given group
     `gid` and then exactly `mode`, all before its first byte: a key is never readable by
-    anyone else, not even root's group for an instant."""
+    anyone else, not even root's group for an instant. `sync=False` skips the fsync of the
+    data: other processes see the whole new file or the old one, but a power cut may bring
+    the old one back (for state whose loss is harmless)."""
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{temp_tag()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _create(tmp, data, mode, gid, sync)
         os.replace(tmp, path)
         if sync_dir:
             fsync_dir(directory)
@@ -99,6 +90,36 @@ def write_file(path: str, data: bytes, mode: int = 0o644, gid: int | None = None
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise _describe(error, path) from error
+
+
+def write_new(path: str, data: bytes, mode: int = 0o644, gid: int | None = None) -> None:
+    """Create `path` (which must not exist) with `data`, fsynced, its mode and group set as
+    write_file sets them. For files in a directory nobody else sees yet (a version being
+    written): that directory's own rename is what publishes them, so they need no temp name.
+    A failure removes what was created."""
+    try:
+        _create(path, data, mode, gid, True)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise _describe(error, path) from error
+
+
+def _create(path: str, data: bytes, mode: int, gid: int | None, sync: bool) -> None:
+    """Create `path` exclusively, 0600 from the start, then group and mode, then the data."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_symlink(link: str, target: str) -> None:

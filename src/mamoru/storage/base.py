@@ -48,5 +48,8 @@ class Storage(Protocol):
     def load_state(self, site: str) -> SiteState:
         """The site's renewal state (an empty SiteState when there is none or it is damaged)."""
 
-    def save_state(self, site: str, state: SiteState) -> None:
-        """Replace the site's renewal state atomically."""
+    def save_state(self, site: str, state: SiteState, *, durable: bool = True) -> None:
+        """Replace the site's renewal state atomically. `durable=False` (the in-flight marker
+        before an order): readers see the new state at once and it outlives the process
+        (kill -9), but a power cut right after may bring the previous state back, which costs
+        only the marker's purpose (one interrupted attempt not counted)."""

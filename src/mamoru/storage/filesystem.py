@@ -32,6 +32,7 @@ from mamoru.storage.atomic import (
     replace_symlink,
     temp_tag,
     write_file,
+    write_new,
 )
 from mamoru.storage.lineage import CertVersion, cert_meta, split_chain
 from mamoru.storage.sitestate import SiteState
@@ -142,14 +143,15 @@ class FileStorage:
             if self.gid is not None:
                 os.chown(tmp, -1, self.gid)
                 os.chmod(tmp, self.dir_mode)
-            write_file(os.path.join(tmp, "privkey.pem"), key_pem, self.key_mode, self.gid,
-                       sync_dir=False)
+            # The directory is new and private to this call until the rename below: each file
+            # is written into it directly (no temp name of its own), fsynced, then the
+            # directory, so the rename publishes only whole files.
+            write_new(tmp + "/privkey.pem", key_pem, self.key_mode, self.gid)
             for name, data in (("cert.pem", leaf), ("chain.pem", chain),
                                ("fullchain.pem", leaf + chain)):
-                write_file(os.path.join(tmp, name), data, 0o644, self.gid, sync_dir=False)
-            write_file(os.path.join(tmp, "meta.json"),
-                       json.dumps(meta, indent=2, sort_keys=True).encode(), 0o644, self.gid,
-                       sync_dir=False)
+                write_new(f"{tmp}/{name}", data, 0o644, self.gid)
+            write_new(tmp + "/meta.json", json.dumps(meta, indent=2, sort_keys=True).encode(),
+                      0o644, self.gid)
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(versions)
@@ -240,10 +242,11 @@ class FileStorage:
             return SiteState()
         return SiteState.from_json(data)
 
-    def save_state(self, site: str, state: SiteState) -> None:
+    def save_state(self, site: str, state: SiteState, *, durable: bool = True) -> None:
         self._prepare(site)
-        write_file(os.path.join(self.site_dir(site), "state.json"),
-                   json.dumps(state.to_json(), indent=2, sort_keys=True).encode(), 0o600)
+        write_file(self.site_dir(site) + "/state.json",
+                   json.dumps(state.to_json(), indent=2, sort_keys=True).encode(), 0o600,
+                   sync=durable, sync_dir=durable)
 
 
 def _wait_for_flock(fd: int, timeout: float) -> bool:
