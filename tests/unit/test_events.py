@@ -182,3 +182,25 @@ def test_sinks_are_still_importable_from_events() -> None:
         assert getattr(events, name) is getattr(sinks, name)
     with pytest.raises(AttributeError):
         _ = events.NoSuchSink  # type: ignore[attr-defined]
+
+
+def test_jsonl_keeps_its_descriptor_and_follows_a_rotation_or_removal(tmp_path: Path) -> None:
+    """The descriptor stays open between events; a file renamed away (another process
+    rotated it) or removed is noticed at the next event, which goes to a new file there."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(str(path))
+    events = Events([sink])
+    events.emit("due-check", "clinic", "first", seq=1)
+    fds = set(os.listdir("/proc/self/fd"))
+    events.emit("due-check", "clinic", "second", seq=2)
+    assert set(os.listdir("/proc/self/fd")) == fds  # no descriptor opened or closed
+    os.rename(path, tmp_path / "events.jsonl.1")
+    events.emit("due-check", "clinic", "third", seq=3)
+    path.unlink()
+    events.emit("due-check", "clinic", "fourth", seq=4)
+    old = [json.loads(line)["seq"] for line in (tmp_path / "events.jsonl.1").read_text()
+           .splitlines()]
+    assert old == [1, 2]
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == [4]
+    sink.close()
+    assert len(set(os.listdir("/proc/self/fd"))) == len(fds) - 1

@@ -93,6 +93,10 @@ class JsonlSink:
     writes to a fresh `events.jsonl`; at most `keep` old files are kept. A writer that was
     waiting for the lock notices the rename (the path's inode changed) and re-opens, so no
     line lands in a rotated file after rotation. `mamoru log` reads the old files too.
+
+    The descriptor stays open between events (a provision of many sites writes thousands):
+    each line costs flock, one stat(2) of the path (rotated or removed meanwhile? then the
+    file is opened again), the write and the unlock. `close()` lets it go.
     """
 
     def __init__(self, path: str, max_bytes: int = 10 * 1024 * 1024, keep: int = 5) -> None:
@@ -100,6 +104,8 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
+        self._fd = -1
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of what _fd is open on
         self.failed = False
 
     def emit(self, event: Event) -> None:
@@ -109,51 +115,64 @@ class JsonlSink:
                 self._append(line)
                 self.failed = False
             except OSError as error:
+                self._drop()
                 if not self.failed:  # say it once, not once per event
                     logging.getLogger(__name__).error("cannot write the event log %s: %s",
                                                       self.path, error.strerror)
                 self.failed = True
 
-    def _open_locked(self) -> int:
-        """An O_APPEND descriptor on the current log file, holding its flock."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Close the log's descriptor (the next event opens it again)."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # releases a flock still held
+        self._fd, self._file = -1, None
+
+    def _open(self) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, 0o640)
+        except FileNotFoundError:  # its directory is made once, not looked for per event
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
+            fd = os.open(self.path, flags, 0o640)
+        held = os.fstat(fd)
+        self._fd, self._file = fd, (held.st_dev, held.st_ino)
+
+    def _locked(self) -> int:
+        """Lock the current log file and return its size, (re)opening it when the path now
+        names another file (rotated) or none (removed)."""
         for _ in range(100):  # only a storm of concurrent rotations loops more than twice
+            if self._fd < 0:
+                self._open()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                fd = os.open(self.path, flags, 0o640)
-            except FileNotFoundError:  # its directory is made once, not looked for per event
-                os.makedirs(os.path.dirname(self.path) or ".", mode=0o750, exist_ok=True)
-                fd = os.open(self.path, flags, 0o640)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                held = os.fstat(fd)
-                try:
-                    current = os.stat(self.path)
-                except FileNotFoundError:
-                    current = None
-                if current is not None and (current.st_dev, current.st_ino) == (
-                        held.st_dev, held.st_ino):
-                    return fd
-            except BaseException:
-                os.close(fd)
-                raise
-            os.close(fd)  # rotated while we waited: open the new file
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == self._file:
+                return current.st_size
+            self._drop()  # rotated while we waited (or removed): open the new file
         raise OSError(0, "the event log keeps being rotated under us")
 
     def _append(self, line: bytes) -> None:
         while True:
-            fd = self._open_locked()
+            size = self._locked()
             try:
-                size = os.fstat(fd).st_size
                 if self.max_bytes and size and size + len(line) > self.max_bytes:
                     self._shift()
-                    continue  # the file we now open may have been written meanwhile
+                    self._drop()  # the file we open next may have been written meanwhile
+                    continue
                 view = memoryview(line)
                 while view:  # one write(2) in practice; the loop only guards a short write
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(self._fd, view):]
                 return
             finally:
-                with contextlib.suppress(OSError):
-                    os.close(fd)  # closing releases the flock
+                if self._fd >= 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _shift(self) -> None:
         """Rotate: .N-1 -> .N, ..., current -> .1 (the caller holds the current file's lock)."""
