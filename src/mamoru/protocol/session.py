@@ -18,7 +18,6 @@ Callers see plain values (`Order`, `ChallengeTask`; `ari.RenewalInfo`), never pr
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -190,7 +189,7 @@ class AcmeSession:
                     raise CAUnavailable(f"TLS with the CA failed ({url}): {_short(error)}",
                                         hint="If this CA uses a private root, set "
                                         "acme.ca_bundle to its PEM file.") from None
-            except (OSError, http.client.HTTPException) as error:  # refused, reset, DNS, garbage
+            except OSError as error:  # refused, reset, DNS, a malformed answer
                 last = error
             except ValueError as error:  # a malformed URL or proxy setting
                 raise CAUnavailable(f"request to the CA failed ({url}): {_short(error)}") from None
