@@ -96,6 +96,20 @@ def test_prune_keeps_recent_and_live(storage: FileStorage) -> None:
     assert left == ["0001", "0006", "0007", "0008"]
 
 
+def test_prune_removes_a_killed_store_s_temp_directory_below_keep(storage: FileStorage) -> None:
+    """A store killed halfway leaves `.NNNN.<tag>.tmp`: the next prune removes it even when
+    there are fewer versions than `keep` (nothing else to prune)."""
+    version = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    storage.activate(version)
+    stale = os.path.join(storage.versions_dir("clinic"), ".0002.0badc0de.tmp")
+    os.mkdir(stale)
+    Path(stale, "privkey.pem").write_text("half")
+    storage.prune("clinic", keep=5)
+    assert sorted(os.listdir(storage.versions_dir("clinic"))) == ["0001"]
+    storage.prune("clinic", keep=5)  # nothing to do: still the live version
+    assert storage.live("clinic") == version
+
+
 def test_corrupt_meta_is_rebuilt_from_the_certificate(storage: FileStorage) -> None:
     version = storage.store("clinic", *make_chain(["clinic.example"]), {})
     storage.activate(version)

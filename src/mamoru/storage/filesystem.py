@@ -13,12 +13,12 @@ pair, never one of each. Keys are 0600 (0640 with a key group) from the moment t
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import grp
 import json
 import os
 import re
+import stat
 import threading
 from datetime import datetime
 from typing import Any
@@ -93,8 +93,11 @@ class FileStorage:
         return self._live + site
 
     def _prepare(self, site: str) -> None:
+        if self.gid is None and os.path.isdir(self.versions_dir(site)):
+            return  # the site's directories are there (an existing one keeps its mode)
         # The top directory stays root's (systemd's StateDirectory= resets its owner at every
-        # start); with a key group it is 0711 so the group can reach sites/ below it.
+        # start); with a key group it is 0711 so the group can reach sites/ below it. With a
+        # key group every level is looked at: ensure_dir gives an existing one the group.
         ensure_dir(self.state_dir, 0o711 if self.gid is not None else 0o700)
         ensure_dir(os.path.join(self.state_dir, "sites"), self.dir_mode, self.gid)
         ensure_dir(self.site_dir(site), self.dir_mode, self.gid)
@@ -205,7 +208,11 @@ class FileStorage:
         flipped. The pipeline asks before ordering: no certificate is ordered in vain, again
         and again, for a site that cannot go live."""
         link = self.live_path(site)
-        if os.path.lexists(link) and not os.path.islink(link):
+        try:
+            mode = os.lstat(link).st_mode
+        except (OSError, ValueError):  # as os.path.lexists: nothing there to be in the way
+            return
+        if not stat.S_ISLNK(mode):
             raise StorageError(f"{link} exists and is not a symlink mamoru made; move it away",
                                hint="mamoru manages live/<site> as one symlink; move the file "
                                "or directory there elsewhere and run mamoru again.")
@@ -219,17 +226,22 @@ class FileStorage:
 
     def prune(self, site: str, keep: int = KEEP_VERSIONS) -> None:
         """Delete old versions, never the live one; stale temp directories too."""
+        versions = self.versions_dir(site)
+        try:
+            names = os.listdir(versions)
+        except FileNotFoundError:
+            return
+        numbers = sorted(int(n) for n in names if _VERSION.match(n))
+        stale = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+        if len(numbers) <= keep and not stale:
+            return  # nothing to remove (most runs): no need to look at the live link
         live = self.live(site)
-        numbers = self._numbers(site)
         for number in numbers[:-keep]:
             if live is not None and number == live.number:
                 continue
-            _rmtree(os.path.join(self.versions_dir(site), f"{number:04d}"),
-                          ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.versions_dir(site)):
-                if name.startswith(".") and name.endswith(".tmp"):
-                    _rmtree(os.path.join(self.versions_dir(site), name), ignore_errors=True)
+            _rmtree(f"{versions}/{number:04d}", ignore_errors=True)
+        for name in stale:
+            _rmtree(f"{versions}/{name}", ignore_errors=True)
 
     # -- per-site state --------------------------------------------------------------------------
 
