@@ -94,10 +94,13 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mamoru-p1000-"))
     mamoru = [sys.executable, "-m", "mamoru.cli"]
-    with Pebble(work / "pebble", http_port=free_port()) as pebble:
-        pids = {"pebble": pebble._pebble.pid if pebble._pebble else None,
-                "challtestsrv": pebble._challtestsrv.pid if pebble._challtestsrv else None}
-        for run in range(args.runs):
+    for run in range(args.runs):
+        # A fresh Pebble for every run: Pebble 2.4 scans every authorization it holds at
+        # each new order (its CPU per order grows run after run), and its memory store
+        # can deadlock under concurrent new orders once it holds a few thousand.
+        with Pebble(work / f"pebble{run}", http_port=free_port()) as pebble:
+            pids = {"pebble": pebble._pebble.pid if pebble._pebble else None,
+                    "challtestsrv": pebble._challtestsrv.pid if pebble._challtestsrv else None}
             path = config(work / f"r{run}", pebble, args.sites, f"r{run}")
             argv = list(mamoru)
             spent = sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2])

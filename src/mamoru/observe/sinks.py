@@ -20,6 +20,9 @@ from mamoru import i18n
 from mamoru.observe.events import Event, scrub
 from mamoru.observe.messages import MESSAGES, render
 
+# One encoder for every line of the event log (json.dumps builds a new one at each call).
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
 # --- stderr / journald ------------------------------------------------------------------------
 
 
@@ -109,7 +112,7 @@ class JsonlSink:
         self.failed = False
 
     def emit(self, event: Event) -> None:
-        line = (json.dumps(event.to_json(), ensure_ascii=False) + "\n").encode()
+        line = (_encode(event.to_json()) + "\n").encode()
         with self._lock:
             try:
                 self._append(line)

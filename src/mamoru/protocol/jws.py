@@ -35,6 +35,8 @@ _EC: dict[str, tuple[str, hashes.HashAlgorithm, str, int]] = {
     "secp384r1": ("ES384", hashes.SHA384(), "P-384", 48),
 }
 _FROM_URLSAFE = str.maketrans("-_", "+/")
+# One compact encoder for every request (json.dumps builds a new encoder at each call).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def b64(data: bytes) -> str:
@@ -94,17 +96,17 @@ class AccountSigner:
         an empty payload), with `kid` in the header, or the public key when `kid` is None.
         The same flattened JWS josepy makes (tests have josepy parse and verify it), at a
         third of its CPU, which matters with 1,000 sites in one provision."""
-        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        body = b"" if payload is None else _compact(payload).encode()
         header: dict[str, Any] = {"alg": self.alg, "nonce": b64(b64decode(nonce)), "url": url}
         if kid is None:
             header["jwk"] = self.jwk
         else:
             header["kid"] = kid
-        protected = b64(json.dumps(header, separators=(",", ":")).encode())
+        protected = b64(_compact(header).encode())
         encoded = b64(body)
-        return json.dumps({"protected": protected, "payload": encoded,
-                           "signature": b64(self._signature(f"{protected}.{encoded}".encode()))},
-                          separators=(",", ":")).encode()
+        return _compact({"protected": protected, "payload": encoded,
+                         "signature": b64(self._signature(f"{protected}.{encoded}".encode()))
+                         }).encode()
 
     def _signature(self, signing_input: bytes) -> bytes:
         key = self.key
