@@ -18,6 +18,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "netaddr": {"*"},
     "errors": {"*"},
     "i18n": {"*"},  # every part may import it, so it imports nothing of mamoru's
+    "tlstrust": {"*"},  # the verifying TLS contexts of protocol, check and alerts
     "config": {"protocol", "challenges", "storage", "renewal", "install", "check", "observe",
                "service", "issuance", "pipeline", "app", "cli", "fleet"},
     "storage": {"protocol", "challenges", "renewal", "install", "check", "observe", "service",

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
+from mamoru.tlstrust import client_context
+
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME; ssl.VerifyFlags does not name it.
 _NO_CHECK_TIME = 0x200000
 
@@ -158,8 +160,9 @@ def verifying_context(ca_bundle: str | None, *, ignore_time: bool = False) -> ss
     """A context that verifies the chain as browsers do (against ``ca_bundle`` alone when
     given; without the clock when ``ignore_time``) but leaves host names to the caller."""
     # cafile replaces the system store rather than adding to it, like curl --cacert: a test
-    # CA or a clinic's private CA is checked on its own.
-    context = ssl.create_default_context(cafile=ca_bundle)
+    # CA or a clinic's private CA is checked on its own. The system's roots are read only as
+    # a chain needs them (mamoru.tlstrust).
+    context = client_context(ca_bundle)
     # Names are matched by hostname_matches() so that a wrong name and a bad chain are
     # reported separately instead of OpenSSL stopping at whichever it meets first.
     context.check_hostname = False

@@ -15,7 +15,6 @@ import json
 import secrets
 import smtplib
 import socket
-import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -27,6 +26,7 @@ from mamoru.config.model import AlertSettings, EmailAlerts, WebhookAlerts
 from mamoru.errors import MamoruError
 from mamoru.i18n import translations
 from mamoru.observe.events import iso, scrub
+from mamoru.tlstrust import client_context
 
 SIGNATURE_HEADER = "X-Mamoru-Signature"
 PAYLOAD_VERSION = 1
@@ -146,7 +146,7 @@ class EmailChannel:
         settings = self.settings
         where = f"{settings.host}:{settings.port}"
         try:
-            context = ssl.create_default_context(cafile=settings.ca_bundle)
+            context = client_context(settings.ca_bundle)
             smtp: smtplib.SMTP
             if settings.tls:  # implicit TLS (SMTPS, port 465): verified from the first byte
                 smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout,
