@@ -14,8 +14,6 @@ import ipaddress
 import re
 import unicodedata
 
-import idna
-
 SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 # A name that is already what normalize_domain returns (lower-case LDH labels, two or more, a
@@ -113,6 +111,8 @@ def _normalize(raw: str) -> str:
     if len(rest) < 2:
         raise NameError_(f"{original!r} needs at least two labels, as in clinic.example")
     out = []
+    import idna  # only for a name that is not already plain ASCII: most configs never need it
+
     for label in rest:
         if not label.isascii():
             _check_mixed_scripts(label, original)
