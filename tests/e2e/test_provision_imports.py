@@ -1,6 +1,9 @@
 """A provision imports what its sites need, against a real Pebble: an http-01 site's order
 loads neither `acme`/`josepy` (only External Account Binding uses them) nor the dns-01 code;
-a registration with EAB does load them, and signs with them."""
+a registration with EAB does load them, and signs with them. Neither loads the standard
+library's HTTP client or server (mamoru's transport and responder are its own), the install
+code of a site without a web server, the check or fleet code, idna for ASCII names, or
+shutil and secrets (docs/PERFORMANCE.md: what a process per certificate pays)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from tests.servers.webroot_http import WebrootServer
 
 pytestmark = pytest.mark.e2e
 
-WATCH = ("acme", "josepy", "mamoru.challenges.dns", "dns")
+WATCH = ("acme", "josepy", "mamoru.challenges.dns", "dns", "http.client", "http.server",
+         "socketserver", "email.parser", "mamoru.install.nginx", "mamoru.install.apache",
+         "mamoru.install.verify", "mamoru.check", "mamoru.fleet", "idna", "secrets", "shutil")
 
 PROBE = """
 import json, sys

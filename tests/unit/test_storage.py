@@ -168,3 +168,48 @@ def test_state_roundtrip_and_unreadable_state(storage: FileStorage) -> None:
     assert storage.load_state("clinic") == SiteState(attempts=2)
     Path(storage.site_dir("clinic"), "state.json").write_text("[broken")
     assert storage.load_state("clinic") == SiteState()
+
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What os.fsync is called on from now (a path for each descriptor, '?' if unknown)."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        try:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            synced.append("?")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_a_version_is_durable_before_it_is_published(storage: FileStorage,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of the five files is fsynced in the still-private directory, then that directory,
+    then (after the rename) the versions directory: nothing the rename publishes can come back
+    empty after a power cut."""
+    synced = _fsynced(monkeypatch)
+    version = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    names = [os.path.basename(path) for path in synced]
+    assert sorted(names[:5]) == ["cert.pem", "chain.pem", "fullchain.pem", "meta.json",
+                                 "privkey.pem"]
+    assert synced[5].endswith(".tmp") and "/versions/." in synced[5]  # the new directory
+    assert synced[6] == os.path.dirname(version.path)  # the rename into versions/
+    assert len(synced) == 7
+
+
+def test_the_in_flight_marker_is_saved_without_fsync(storage: FileStorage,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = _fsynced(monkeypatch)
+    now = dt.datetime.now(dt.UTC)
+    storage.save_state("clinic", SiteState().started(now, 4242), durable=False)
+    assert synced == []
+    assert storage.load_state("clinic").in_flight is not None  # other processes see it
+    storage.save_state("clinic", SiteState(attempts=1))
+    assert len(synced) == 2  # a durable save: the new file before its rename, then its directory
+    assert "/.state.json." in synced[0] and synced[0].endswith(".tmp")
+    assert synced[1] == storage.site_dir("clinic")
+    assert storage.load_state("clinic").attempts == 1

@@ -82,3 +82,25 @@ def test_check_config_without_the_acme_stack(config: Path) -> None:
 def test_the_probe_sees_what_a_provision_needs(config: Path) -> None:
     # The probe itself can fail: a dry run against an unreachable CA still loads the stack.
     assert "mamoru.protocol" in loaded_by("-c", str(config), "provision", "--dry-run")
+
+
+# What a verb that only reads local files and prints does not need either: logging (set up
+# for verbs that log), shutil (argparse imports it to measure the terminal; mamoru measures it
+# itself), secrets, idna for ASCII names, the vendor's fleet code.
+QUIET = ("logging", "shutil", "secrets", "idna", "mamoru.fleet")
+
+
+def quiet_loaded_by(*argv: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(QUIET)],
+                            capture_output=True, text=True, timeout=120)
+    found: list[str] = json.loads(result.stderr.strip().splitlines()[-1])
+    return found
+
+
+def test_reading_verbs_load_no_logging_shutil_idna_or_fleet(config: Path) -> None:
+    assert quiet_loaded_by("--help") == []
+    assert quiet_loaded_by("-c", str(config), "status") == []
+    assert quiet_loaded_by("-c", str(config), "status", "--json") == []
+    assert quiet_loaded_by("-c", str(config), "check-config") == []
+    # -v asks for the log lines: then logging is set up.
+    assert quiet_loaded_by("-v", "-c", str(config), "status") == ["logging"]
