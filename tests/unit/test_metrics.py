@@ -171,3 +171,55 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         settings = load_config(str(config))
         with pytest.raises(MamoruError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             build_app(settings, stderr=False, event_log=False, serve_metrics=True)
+
+
+def test_textfile_writes_coalesce_and_the_writer_sleeps_between_changes(
+        setup: tuple[Settings, dict[str, CertVersion]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of events is one write (at most one per min_interval), a lone change is written
+    at once, and between changes the writer thread does not wake up at all."""
+    import threading
+    import time
+
+    from mamoru.observe.events import Event
+
+    settings, _ = setup
+    storage = FileStorage(settings.paths.state, settings.paths.live)
+    written: list[float] = []
+    real = MetricsSink.write_textfile
+
+    def counting(self: MetricsSink) -> None:
+        written.append(time.monotonic())
+        real(self)
+
+    monkeypatch.setattr(MetricsSink, "write_textfile", counting)
+    sink = MetricsSink(settings, storage, serve=False, min_interval=0.4)
+    try:
+        deadline = time.monotonic() + 5
+        while not written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(written) == 1  # the state at start
+        writer = next(t for t in threading.enumerate() if t.name == "metrics-textfile")
+        switches = Path(f"/proc/self/task/{writer.native_id}/status")
+
+        def wakeups() -> int:
+            line = next(x for x in switches.read_text().splitlines()
+                        if x.startswith("voluntary_ctxt_switches"))
+            return int(line.split()[1])
+
+        time.sleep(0.05)  # the write is done; the writer waits for a change
+        before = wakeups()
+        time.sleep(1.0)  # well past min_interval after that write
+        assert wakeups() == before  # nothing changed: the writer slept through
+        sink.emit(Event("due-check", "clinic", "due"))
+        time.sleep(0.15)
+        assert len(written) == 2  # a change after a quiet while: written at once
+        for _ in range(10):  # a burst right after it
+            sink.emit(Event("due-check", "clinic", "due"))
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(written) == 2  # ... waits for min_interval after the last write
+        time.sleep(0.5)
+        assert len(written) == 3  # ... and is one write
+        assert written[2] - written[1] >= 0.35
+    finally:
+        sink.close(5)

@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -248,13 +249,20 @@ class MetricsSink:
             self._write_failed = True
 
     def _write_loop(self) -> None:
+        """Write when something changed, at most once every `min_interval` seconds (a burst of
+        events is one write). Between writes the thread waits for a change, with no timeout:
+        an idle daemon does not wake up (not even `min_interval` after its last write)."""
+        last = float("-inf")
         while not self._stop.is_set():
             self._dirty.wait()
             if self._stop.is_set():
                 return
+            pause = last + self.min_interval - time.monotonic()
+            if pause > 0 and self._stop.wait(pause):
+                return  # close() writes the last state
             self._dirty.clear()
             self.write_textfile()
-            self._stop.wait(self.min_interval)  # coalesce a burst of events into one write
+            last = time.monotonic()
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop.set()
