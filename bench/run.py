@@ -756,9 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--peer-runs", type=int, default=1,
                         help="runs of the peers' (b) and (c), minutes each (default 1)")
-    parser.add_argument("--peers", default="certbot,lego",
+    parser.add_argument("--peers", default="acme-tiny,certbot,lego",
                         help="comma-separated peers to run beside mamoru ('' for none)")
-    parser.add_argument("--only", default="a,b,c,g,h,e,f",
+    parser.add_argument("--only", default="a,b,bp,c,g,h,e,f",
                         help="workloads to run (h: `mamoru --help`)")
     parser.add_argument("--daemon-sites", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds watched in (e)")
