@@ -29,11 +29,19 @@ them all.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# mamoru keeps validated configs in a cache directory (src/mamoru/config/cache.py); as root
+# that is /var/cache/mamoru. The suite keeps its own, for every mamoru it runs (subprocesses
+# inherit it), so it never writes there, and the cache is exercised by every test that runs a
+# command twice on one config. Tests of the cache itself set their own.
+os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-test-cache-"))
 
 from tests.servers.acme2certifier import Acme2Certifier
 from tests.servers.apache import Apache

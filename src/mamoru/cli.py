@@ -284,10 +284,12 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger("acme").setLevel(logging.WARNING)
 
 
-def _load(args: argparse.Namespace) -> Settings:
+def _load(args: argparse.Namespace, *, cached: bool = True) -> Settings:
+    """The config, validated; kept Settings are used while nothing they came from changed
+    (config/cache.py), except for `check-config` (`cached=False`), which reads the file."""
     from mamoru.config import find_config_path, load_config
 
-    settings = load_config(find_config_path(args.config))
+    settings = load_config(find_config_path(args.config), cached=cached)
     for warning in settings.warnings:
         print(warning, file=sys.stderr)
     return settings
@@ -437,7 +439,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _load(args)
+    settings = _load(args, cached=False)
     names = sum(len(s.domains) for s in settings.sites)
     from mamoru.i18n import _, ngettext
 

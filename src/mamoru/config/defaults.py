@@ -17,6 +17,11 @@ from mamoru.netaddr import LOCALHOST
 # --- where the config is --------------------------------------------------------------------------
 CONFIG_PATH: Final = "/etc/mamoru/config.yaml"
 CONFIG_ENV: Final = "MAMORU_CONFIG"
+# Where a validated config is kept for the next command (config/cache.py): for root (and
+# mamoru.service, CacheDirectory=mamoru); other users: $XDG_CACHE_HOME/mamoru. The variable
+# overrides both; set to nothing, no cache is kept.
+CACHE_DIR: Final = "/var/cache/mamoru"
+CACHE_ENV: Final = "MAMORU_CACHE_DIR"
 
 # Well-known ACME directories a config may name instead of a URL.
 DIRECTORIES: Final[dict[str, str]] = {

@@ -104,6 +104,7 @@ def _provider(sub: Fields, file_mode: int | None) -> DnsProvider | None:
     zone = sub.text("zone", None)
     sub.finish()
     if isinstance(credentials, str) and file_mode is not None:
+        sub.problems.observe(credentials)
         try:
             if os.stat(credentials).st_mode & stat.S_IROTH:
                 sub.problems.warn(sub.key_line("credentials_file"),

@@ -25,23 +25,37 @@ def find_config_path(explicit: str | None) -> str:
     return explicit or os.environ.get(D.CONFIG_ENV) or D.CONFIG_PATH
 
 
-def load_config(path: str) -> Settings:
-    """Read and validate the config at `path`. Raises ConfigError listing every problem."""
+def load_config(path: str, *, cached: bool = False) -> Settings:
+    """Read and validate the config at `path`. Raises ConfigError listing every problem.
+
+    `cached`: use the Settings kept from an earlier read when neither the file nor anything
+    the loader looked at has changed since, and keep these for the next one (config/cache.py).
+    Commands that read the config to act on it pass it; `mamoru check-config`, whose job is
+    to read the file, does not."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(_MAX_BYTES + 1)
-            mode = os.fstat(handle.fileno()).st_mode
+            info = os.fstat(handle.fileno())
     except FileNotFoundError:
         raise _unreadable(path, N_("no such file (give one with --config FILE)")) from None
     except OSError as error:
         raise _unreadable(path, N_("cannot read: {why}"), why=error.strerror) from None
     if len(data) > _MAX_BYTES:
         raise _unreadable(path, N_("file is larger than 1 MiB"))
+    if cached:
+        from mamoru.config import cache
+
+        kept = cache.read(path, data, info)
+        if kept is not None:
+            return kept
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise _unreadable(path, N_("not UTF-8 text: {why}"), why=str(error)) from None
-    return load_config_text(text, path, file_mode=mode)
+    settings, files = _validate(text, path, info.st_mode)
+    if cached:
+        cache.write(path, data, info, settings, files)
+    return settings
 
 
 def load_config_text(
@@ -49,6 +63,13 @@ def load_config_text(
 ) -> Settings:
     """Validate config `text` (named `filename` in messages; `file_mode` is the st_mode of the
     file it came from, for the warning about readable secrets). Raises ConfigError."""
+    return _validate(text, filename, file_mode)[0]
+
+
+def _validate(text: str, filename: str, file_mode: int | None
+              ) -> tuple[Settings, dict[str, list[int | str] | None]]:
+    """The Settings of config `text`, and the other files the loader looked at (with what
+    they were then). Raises ConfigError."""
     # YAML and the schema are imported here, not with the module: a process that only holds
     # Settings (the resident daemon, service/worker.py) never loads them.
     from mamoru.config.schema import build
@@ -62,7 +83,7 @@ def load_config_text(
     if problems.errors:
         raise ConfigError(problems.errors)
     assert settings is not None
-    return settings
+    return settings, problems.files
 
 
 def _unreadable(path: str, message: str, /, **params: Any) -> ConfigError:

@@ -89,6 +89,8 @@ def _acme(m: Fields, file_mode: int | None) -> AcmeSettings:
     if isinstance(directory, str) and directory not in D.DIRECTORIES:
         _check_directory_url(m, directory)
     ca_bundle = m.path_value("ca_bundle", None)
+    if isinstance(ca_bundle, str) and ca_bundle:
+        m.problems.observe(ca_bundle)
     if isinstance(ca_bundle, str) and ca_bundle and not os.path.isfile(ca_bundle):
         m.error("ca_bundle", N_("{path} does not exist"), path=ca_bundle)
     contact_node = m.node("contact")
@@ -160,6 +162,7 @@ def _paths(m: Fields) -> Paths:
     if paths.key_group:
         import grp
 
+        m.problems.observe("/etc/group", content=True)  # where groups come from (files)
         try:
             grp.getgrnam(paths.key_group)
         except KeyError:

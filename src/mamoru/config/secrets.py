@@ -41,6 +41,7 @@ def read_secret(fields: Fields, key: str, file_key: str, file_mode: int | None
 
 
 def _read_secret_file(fields: Fields, file_key: str, file_path: str) -> Secret | None:
+    fields.problems.observe(file_path, content=True)  # before reading: a change shows
     try:
         fd = os.open(file_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as handle:

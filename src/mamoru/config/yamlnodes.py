@@ -50,6 +50,17 @@ class Problems:
         self.file = filename
         self.errors: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
+        # Files the loader looked at besides the config, as they were (config/cache.py).
+        self.files: dict[str, list[int | str] | None] = {}
+
+    def observe(self, path: str, *, content: bool = False) -> None:
+        """Note a file the loader is about to look at: kept Settings of this config are used
+        again only while it stays as it is now (config/cache.py; `content`: what is in it
+        counts, not only its size and times)."""
+        if path not in self.files:
+            from mamoru.config.cache import file_signature
+
+            self.files[path] = file_signature(path, content=content)
 
     def error(self, line: int | None, path: str, message: str, /, **params: Any) -> None:
         """Record an error. `message` is an English message id; with `params` it is a template

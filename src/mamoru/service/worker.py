@@ -132,24 +132,12 @@ class _PlainUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"worker sent {module}.{name}") from None
 
 
-class _SettingsUnpickler(pickle.Unpickler):
-    """Loads what a `Settings` is made of (config.model's dataclasses, config problems,
-    datetimes), nothing else."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _PLAIN_CLASSES:
-            return _PLAIN_CLASSES[(module, name)]
-        if module == "mamoru.config.model" or (module, name) == ("mamoru.errors",
-                                                                 "ConfigProblem"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"config reader sent {module}.{name}")
-
-
 def load_settings(path: str, *, argv: list[str] | None = None) -> Settings:
     """The config at `path`, read and validated in a child process (see the module's
     docstring); raises ConfigError with every problem, as `load_config` does. If the child
     cannot do it (it cannot start, or dies), the config is read in this process instead."""
     from mamoru.config import load_config
+    from mamoru.config.cache import SettingsUnpickler
     from mamoru.errors import ConfigError
 
     command = [*(argv or [sys.executable, "-m", "mamoru.service.worker"]), "--config", path]
@@ -160,11 +148,11 @@ def load_settings(path: str, *, argv: list[str] | None = None) -> Settings:
     except (OSError, subprocess.SubprocessError) as error:
         log.warning("reading the config in a child process failed (%s); reading it here",
                     error)
-        return load_config(path)
+        return load_config(path, cached=True)
     message: Any = None
     if done.returncode == 0 and len(done.stdout) > _HEADER.size:
         try:
-            message = _SettingsUnpickler(io.BytesIO(done.stdout[_HEADER.size:])).load()
+            message = SettingsUnpickler(io.BytesIO(done.stdout[_HEADER.size:])).load()
         except Exception as error:  # a torn or foreign answer: read it here
             log.warning("the config reader's answer is unreadable (%s)", error)
     if isinstance(message, tuple) and len(message) == 2 and message[0] == "settings":
@@ -183,7 +171,7 @@ def _read_config(path: str, out: IO[bytes]) -> int:
     from mamoru.errors import ConfigError
 
     try:
-        settings = load_config(path)
+        settings = load_config(path, cached=True)
     except ConfigError as error:
         write_frame(out, ("problems", list(error.problems)))
         return 0
