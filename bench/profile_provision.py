@@ -48,6 +48,9 @@ def main() -> int:
                         "Python's CPU)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mamoru-profile-"))
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     with Pebble(work / "pebble", http_port=free_port()) as pebble:
         mamoru = Mamoru(work / "mamoru", pebble)
         sites = {f"p-s{i:04d}": [f"p-s{i:04d}.bench.example"] for i in range(args.sites)}

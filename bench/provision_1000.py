@@ -93,6 +93,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mamoru-p1000-"))
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     mamoru = [sys.executable, "-m", "mamoru.cli"]
     for run in range(args.runs):
         # A fresh Pebble for every run: Pebble 2.4 scans every authorization it holds at

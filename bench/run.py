@@ -551,6 +551,9 @@ def environment() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mamoru-bench-"))
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"environment": environment(), "runs": args.runs,
                                "peer_runs": args.peer_runs, "figures": {}, "skipped": {}}

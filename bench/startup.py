@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 IMPORTS_OF_A_PROVISION = ("import mamoru.cli, mamoru.app, mamoru.pipeline, mamoru.install.nginx, "
@@ -41,6 +42,9 @@ def peak_kb(code: str) -> int:
 
 
 def main() -> int:
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=25)
     parser.add_argument("--status-config", metavar="FILE")

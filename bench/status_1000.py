@@ -129,6 +129,9 @@ def time_status(config: Path, runs: int, *extra: str
 
 
 def main() -> None:
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)

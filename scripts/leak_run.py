@@ -342,6 +342,9 @@ def rejudge(path: str) -> Report:
 
 
 def main() -> int:
+    # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
+    # as a user's would be (kept between the commands of the run), not the machine's.
+    os.environ.setdefault("MAMORU_CACHE_DIR", tempfile.mkdtemp(prefix="mamoru-cache-"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=60)
     parser.add_argument("--validity", type=int, default=12,
