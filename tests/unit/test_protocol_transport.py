@@ -107,6 +107,22 @@ def test_new_account_carries_the_public_key_and_post_as_get_is_empty() -> None:
     assert signer.thumbprint == b64(digest.digest())
 
 
+@pytest.mark.parametrize(("given", "sent"), [
+    ("bm9uY2UtMQ", "bm9uY2UtMQ"),        # as CAs send it: used as it is
+    ("bm9uY2UtMQ==", "bm9uY2UtMQ"),      # padded: normalised to base64url without padding
+    ("a+b/", "a-b_"),                    # standard base64 alphabet: to base64url
+])
+def test_the_nonce_goes_out_as_base64url(given: str, sent: str) -> None:
+    signer = AccountSigner(ec.generate_private_key(ec.SECP256R1()))
+    body = signer.sign({"a": 1}, url=URL, nonce=given, kid="k")
+    header, _, _, _ = decode(body)
+    assert header["nonce"] == sent
+    jws = json.loads(body)  # the body is the compact JSON of the flattened JWS, nothing else
+    assert body == json.dumps(jws, separators=(",", ":")).encode()
+    with pytest.raises(ValueError):
+        signer.sign(None, url=URL, nonce="not base64!", kid="k")
+
+
 def test_rsa_account_key_signs_rs256() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     signer = AccountSigner(key)

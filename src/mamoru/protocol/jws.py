@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +38,9 @@ _EC: dict[str, tuple[str, hashes.HashAlgorithm, str, int]] = {
 _FROM_URLSAFE = str.maketrans("-_", "+/")
 # One compact encoder for every request (json.dumps builds a new encoder at each call).
 _compact = json.JSONEncoder(separators=(",", ":")).encode
+# A nonce as CAs send it: base64url without padding (RFC 8555 §6.5), used as it is; anything
+# else is decoded and encoded again (which refuses what is not base64 at all).
+_PLAIN_NONCE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def b64(data: bytes) -> str:
@@ -97,16 +101,19 @@ class AccountSigner:
         The same flattened JWS josepy makes (tests have josepy parse and verify it), at a
         third of its CPU, which matters with 1,000 sites in one provision."""
         body = b"" if payload is None else _compact(payload).encode()
-        header: dict[str, Any] = {"alg": self.alg, "nonce": b64(b64decode(nonce)), "url": url}
+        if not _PLAIN_NONCE.fullmatch(nonce):
+            nonce = b64(b64decode(nonce))
+        header: dict[str, Any] = {"alg": self.alg, "nonce": nonce, "url": url}
         if kid is None:
             header["jwk"] = self.jwk
         else:
             header["kid"] = kid
         protected = b64(_compact(header).encode())
         encoded = b64(body)
-        return _compact({"protected": protected, "payload": encoded,
-                         "signature": b64(self._signature(f"{protected}.{encoded}".encode()))
-                         }).encode()
+        signature = b64(self._signature(f"{protected}.{encoded}".encode()))
+        # Three base64url strings: nothing in them needs escaping in JSON.
+        return (f'{{"protected":"{protected}","payload":"{encoded}",'
+                f'"signature":"{signature}"}}').encode("ascii")
 
     def _signature(self, signing_input: bytes) -> bytes:
         key = self.key
