@@ -188,17 +188,64 @@ def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def test_a_version_is_durable_before_it_is_published(storage: FileStorage,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each of the five files is fsynced in the still-private directory, then that directory,
-    then (after the rename) the versions directory: nothing the rename publishes can come back
-    empty after a power cut."""
+    """The five files and their still-private directory are made durable with one syncfs of
+    their filesystem, then (after the rename) the versions directory is fsynced: nothing the
+    rename publishes can come back empty after a power cut."""
+    from mamoru.storage import atomic
+
+    steps: list[str] = []
+    real_syncfs, real_rename = atomic.sync_filesystem, os.rename
+
+    def syncfs(path: str) -> bool:
+        assert sorted(os.listdir(path)) == ["cert.pem", "chain.pem", "fullchain.pem",
+                                            "meta.json", "privkey.pem"]  # all written first
+        steps.append(f"syncfs {os.path.basename(path)}")
+        return real_syncfs(path)
+
+    def rename(source: str, target: str) -> None:
+        steps.append(f"rename {os.path.basename(target)}")
+        real_rename(source, target)
+
+    monkeypatch.setattr("mamoru.storage.filesystem.sync_filesystem", syncfs)
+    monkeypatch.setattr(os, "rename", rename)
+    synced = _fsynced(monkeypatch)
+    version = storage.store("clinic", *make_chain(["clinic.example"]), {})
+    assert steps[0].startswith("syncfs .0001.") and steps[1:] == ["rename 0001"]
+    assert synced == [os.path.dirname(version.path)]  # the rename into versions/
+
+
+def test_without_syncfs_each_file_is_fsynced(storage: FileStorage,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where syncfs is missing or refused (a seccomp filter), each of the five files, then
+    their directory, then versions/ after the rename."""
+    monkeypatch.setattr("mamoru.storage.filesystem.sync_filesystem", lambda path: False)
     synced = _fsynced(monkeypatch)
     version = storage.store("clinic", *make_chain(["clinic.example"]), {})
     names = [os.path.basename(path) for path in synced]
     assert sorted(names[:5]) == ["cert.pem", "chain.pem", "fullchain.pem", "meta.json",
                                  "privkey.pem"]
     assert synced[5].endswith(".tmp") and "/versions/." in synced[5]  # the new directory
-    assert synced[6] == os.path.dirname(version.path)  # the rename into versions/
+    assert synced[6] == os.path.dirname(version.path)
     assert len(synced) == 7
+
+
+def test_syncfs_refused_by_a_sandbox_falls_back(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mamoru.storage import atomic
+
+    def refused(fd: int) -> int:
+        import ctypes
+
+        ctypes.set_errno(errno.EPERM)
+        return -1
+
+    monkeypatch.setattr(atomic, "_SYNCFS", [refused])
+    assert atomic.sync_filesystem(str(tmp_path)) is False
+    assert atomic._SYNCFS == [None]  # not asked again
+    monkeypatch.setattr(atomic, "_SYNCFS", [])
+    assert atomic.sync_filesystem(str(tmp_path)) is True  # this machine has it
 
 
 def test_the_in_flight_marker_is_saved_without_fsync(storage: FileStorage,

@@ -29,7 +29,9 @@ from mamoru.storage.atomic import (
     _describe,
     ensure_dir,
     fsync_dir,
+    fsync_file,
     replace_symlink,
+    sync_filesystem,
     temp_tag,
     write_file,
     write_new,
@@ -147,15 +149,20 @@ class FileStorage:
                 os.chown(tmp, -1, self.gid)
                 os.chmod(tmp, self.dir_mode)
             # The directory is new and private to this call until the rename below: each file
-            # is written into it directly (no temp name of its own), fsynced, then the
-            # directory, so the rename publishes only whole files.
-            write_new(tmp + "/privkey.pem", key_pem, self.key_mode, self.gid)
-            for name, data in (("cert.pem", leaf), ("chain.pem", chain),
-                               ("fullchain.pem", leaf + chain)):
-                write_new(f"{tmp}/{name}", data, 0o644, self.gid)
-            write_new(tmp + "/meta.json", json.dumps(meta, indent=2, sort_keys=True).encode(),
-                      0o644, self.gid)
-            fsync_dir(tmp)
+            # is written into it directly (no temp name of its own), then all of them and the
+            # directory are made durable (one syncfs, else an fsync each), so the rename
+            # publishes only whole files.
+            files = [(tmp + "/privkey.pem", key_pem, self.key_mode),
+                     (tmp + "/cert.pem", leaf, 0o644), (tmp + "/chain.pem", chain, 0o644),
+                     (tmp + "/fullchain.pem", leaf + chain, 0o644),
+                     (tmp + "/meta.json", json.dumps(meta, indent=2, sort_keys=True).encode(),
+                      0o644)]
+            for path, data, mode in files:
+                write_new(path, data, mode, self.gid, sync=False)
+            if not sync_filesystem(tmp):
+                for path, _, _ in files:
+                    fsync_file(path)
+                fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(versions)
         except StorageError:
