@@ -549,6 +549,41 @@ def environment() -> dict[str, Any]:
             "python": sys.version.split()[0], "pebble": package_version("pebble")}
 
 
+class Pebbles:
+    """One Pebble at a time, a fresh one for each workload. Pebble 2.4 looks through every
+    authorization it holds at each new order (its CPU per order grows as a run goes on), and
+    its memory store can deadlock under concurrent new orders once it holds a few thousand
+    (seen here: newOrder never answers). A fresh Pebble per workload keeps each one's
+    figures comparable and the run whole."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.current: Pebble | None = None
+        self.count = 0
+
+    def fresh(self, tools: list[Any]) -> Pebble:
+        """Stop the running Pebble, start a new one, and point every tool at it."""
+        self.close()
+        self.count += 1
+        pebble = Pebble(self.work / f"pebble{self.count}", http_port=free_port())
+        pebble.__enter__()
+        self.current = pebble
+        for tool in tools:
+            tool.pebble = pebble
+        return pebble
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+            self.current = None
+
+    def __enter__(self) -> Pebbles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mamoru-bench-"))
     # mamoru keeps validated configs in a cache directory (config/cache.py): this run's own,
@@ -557,7 +592,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"environment": environment(), "runs": args.runs,
                                "peer_runs": args.peer_runs, "figures": {}, "skipped": {}}
-    with Pebble(work / "pebble", http_port=free_port()) as pebble:
+    pebbles = Pebbles(work)
+    with pebbles:
+        pebble = pebbles.fresh([])
         mamoru = Mamoru(work / "mamoru", pebble)
         tools: list[Mamoru | Peer] = [mamoru]
         for peer_class in (AcmeTiny, Certbot, Lego):
@@ -580,6 +617,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not warm.ok:
                     raise SystemExit(f"{tool.label} cannot get a certificate: {warm.note}")
         for workload in workloads:
+            pebbles.fresh(tools)
             for round_number in range(args.runs):
                 for tool in tools:
                     if not hasattr(tool, workload):
@@ -595,6 +633,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     figures.setdefault(workload, {}).setdefault(tool.label, Figure()
                                                                  ).samples.append(sample)
         if "g" in args.only:
+            pebbles.fresh(tools)
             for round_number in range(args.runs):
                 for count in GROWTH:
                     sample = mamoru.provision(f"g{count}r{round_number}", count, 1)
@@ -611,6 +650,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             helps = Figure([measure([*mamoru.argv, "--help"]) for _ in range(args.runs)])
             results["help"] = {"seconds": helps.seconds, "rss_mb": helps.rss_mb, "ok": helps.ok}
         if "e" in args.only or "f" in args.only:
+            pebbles.fresh(tools)
             daemon_and_status(mamoru, args, work, results)
     results["environment"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     if not args.keep:
