@@ -75,9 +75,9 @@ def sync_filesystem(path: str) -> bool:
     raise OSError(code, os.strerror(code), path)
 
 
-def fsync_file(path: str) -> None:
+def fsync_file(path: str, flags: int = 0) -> None:
     """fsync(2) a file already written (a read-only descriptor is enough on Linux)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -85,11 +85,8 @@ def fsync_file(path: str) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """fsync(2) a directory: the names created, renamed or removed in it are durable."""
+    fsync_file(path, os.O_DIRECTORY)
 
 
 def ensure_dir(path: str, mode: int = 0o700, gid: int | None = None) -> None:
