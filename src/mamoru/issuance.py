@@ -20,7 +20,13 @@ from mamoru.config.model import Site
 from mamoru.errors import OrderFailed
 from mamoru.observe.events import Events
 from mamoru.protocol.ari import cert_id_or_none
-from mamoru.protocol.keys import PrivateKey, generate_key, key_pem, make_csr_der
+from mamoru.protocol.keys import (
+    PrivateKey,
+    generate_key,
+    key_pem,
+    load_x509_meanwhile,
+    make_csr_der,
+)
 from mamoru.protocol.session import AcmeSession
 from mamoru.storage import CertVersion
 
@@ -67,6 +73,7 @@ def obtain(
     deadline = time.monotonic() + timeout
     names = list(site.domains)
     order = session.new_order(names, profile=profile, replaces=replaces)
+    load_x509_meanwhile()  # the CSR's module, imported while the CA validates
     events.emit("order", site.name, order=order.url, names=names, replaces=order.replaced,
                 profile=profile)
     tasks = session.pending_challenges(order, site.challenge.type_for)

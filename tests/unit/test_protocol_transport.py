@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -967,3 +968,26 @@ def test_plain_http_goes_direct_despite_a_proxy(scripted: Callable[..., _Scripte
     proxy_env.setenv("https_proxy", "http://127.0.0.1:9")
     proxy_env.setenv("all_proxy", "http://127.0.0.1:9")
     assert ConnectionPool(timeout=5).request("GET", server.url()).content == b"direct"
+
+
+def test_x509_is_imported_on_a_helper_thread_and_the_csr_waits_for_it() -> None:
+    """An order needs cryptography.x509 only for its CSR: the session and the keys module
+    load without it, `load_x509_meanwhile` imports it on a helper thread, and a CSR asked for
+    meanwhile waits for that import (a whole process, so nothing imported it before)."""
+    code = textwrap.dedent("""
+        import sys
+        import mamoru.issuance, mamoru.protocol.session
+        from mamoru.protocol.keys import generate_key, load_x509_meanwhile, make_csr_der
+        print("x509 before:", "cryptography.x509" in sys.modules)
+        load_x509_meanwhile()
+        der = make_csr_der(generate_key("ec-p256"), ["clinic.example", "www.clinic.example"])
+        from cryptography import x509
+        csr = x509.load_der_x509_csr(der)
+        print("valid:", csr.is_signature_valid)
+        print("names:", csr.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines() == ["x509 before: False", "valid: True",
+                                        "names: ['clinic.example', 'www.clinic.example']"]

@@ -8,8 +8,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from cryptography import x509
-
 from mamoru.clock import parse_time
 from mamoru.errors import CAUnavailable
 from mamoru.protocol.errors import parse_retry_after
@@ -33,6 +31,8 @@ class RenewalInfo:
 
 def ari_cert_id(cert_pem: bytes) -> str:
     """The ARI certificate identifier: base64url(AKI keyIdentifier) "." base64url(serial DER)."""
+    from cryptography import x509
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     if aki.key_identifier is None:

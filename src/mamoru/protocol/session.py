@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mamoru import __version__
@@ -638,6 +637,8 @@ class AcmeSession:
     # -- revocation -------------------------------------------------------------------
 
     def revoke(self, cert_pem: bytes, reason: int = 0) -> None:
+        from cryptography import x509
+
         cert = x509.load_pem_x509_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         payload = {"certificate": b64(der), "reason": reason}
