@@ -6,7 +6,6 @@ web server, then hands the answers here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import random
@@ -40,7 +39,6 @@ def wanted(site: Site, default_profile: str | None) -> Wanted:
                   profile=site.profile or default_profile)
 
 
-@functools.lru_cache(maxsize=4096)  # a Site is frozen: each run of a site asks two or three times
 def fingerprint(site: Site, default_profile: str | None) -> str:
     """A short hash of everything in the config that shapes this site's certificate and its
     installation (not the line it sits on)."""
@@ -50,7 +48,6 @@ def fingerprint(site: Site, default_profile: str | None) -> str:
     return _hash(data)
 
 
-@functools.lru_cache(maxsize=4096)
 def install_fingerprint(site: Site, live_dir: str) -> str:
     """A short hash of what the installer writes for this site: when it changes, the stored
     certificate is installed again (no order)."""
