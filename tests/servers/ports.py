@@ -5,6 +5,10 @@ Every launcher in :mod:`tests.servers` binds ``127.0.0.1`` only, on ports picked
 ``free_port()`` asks the kernel for an unused port (bind to port 0) and releases it at once,
 so there is a small window in which another process could take it; the launchers start their
 server right after picking and fail loudly (``wait_for_port`` times out) if that ever happens.
+
+The kernel may give the same port to two binds in a row once the first is released, so a test
+that picks two ports before starting anything (an HTTP and an HTTPS port) could get one port
+twice. ``free_port()`` therefore never returns a port it has already returned in this process.
 """
 
 from __future__ import annotations
@@ -15,22 +19,25 @@ import time
 
 LOOPBACK = "127.0.0.1"
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port(*, udp: bool = False) -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
 
     With ``udp=True`` the same port number is also checked free for UDP (for DNS servers,
-    which listen on both).
+    which listen on both). A port is never returned twice by one process.
     """
-    for _ in range(50):
+    for _ in range(500):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind((LOOPBACK, 0))
             port = int(tcp.getsockname()[1])
-            if not udp:
-                return port
-            if udp_port_is_free(port):
-                return port
-    raise RuntimeError("could not find a port free for both TCP and UDP on 127.0.0.1")
+        if port in _HANDED_OUT or (udp and not udp_port_is_free(port)):
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    kind = "TCP and UDP" if udp else "TCP"
+    raise RuntimeError(f"could not find a new port free for {kind} on 127.0.0.1")
 
 
 def tcp_port_is_free(port: int, host: str = LOOPBACK) -> bool:
