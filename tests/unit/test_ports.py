@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import socket
+from typing import ClassVar
 
 import pytest
-
 from tests.servers import ports
 
 
 class _ScriptedSocket:
     """A TCP socket whose kernel-chosen port comes from a script."""
 
-    script: list[int] = []
+    script: ClassVar[list[int]] = []
 
     def __init__(self, *args: object) -> None:
         self.port = 0
