@@ -96,7 +96,7 @@ def test_standalone_keeps_certbots_address_and_port() -> None:
                                   "http01_address": "127.0.0.1"}))
     assert local.challenge == {"standalone": "127.0.0.1:8080"}
     public = plan_lineage(lineage({"authenticator": "standalone"}))
-    assert public.challenge == {"standalone": "0.0.0.0:80", "standalone_public": True}
+    assert public.challenge == {"standalone": "*:80", "standalone_public": True}
     v6 = plan_lineage(lineage({"authenticator": "standalone", "http01_address": "::1"}))
     assert v6.challenge == {"standalone": "[::1]:80"}
 

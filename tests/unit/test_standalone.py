@@ -44,7 +44,7 @@ def responder_threads() -> list[threading.Thread]:
 def nothing_left_running() -> Iterator[None]:
     yield
     leftovers = dict(StandaloneSolver._servers)
-    for server, _ in leftovers.values():
+    for server in leftovers.values():
         server.stop()
     StandaloneSolver._servers.clear()
     assert not leftovers, f"responders left running: {list(leftovers)}"
@@ -444,6 +444,75 @@ def test_cleanup_of_a_token_never_presented_does_nothing(port: int) -> None:
     assert tcp_port_is_free(port)
 
 
+def test_a_token_presented_twice_is_served_until_cleaned_up_twice(port: int) -> None:
+    # A retried order can get the same pending authorization, so the same token, while the
+    # first attempt still has it presented; each attempt cleans up once.
+    first, second = StandaloneSolver(LOOPBACK, port), StandaloneSolver(LOOPBACK, port)
+    first.present(task())
+    second.present(task())
+    first.cleanup(task())
+    assert exchange(port, get())[0] == 200
+    second.cleanup(task())
+    assert tcp_port_is_free(port)
+    assert not responder_threads()
+    assert StandaloneSolver._servers == {}
+    second.cleanup(task())  # one cleanup too many: nothing to undo, nothing started
+    assert StandaloneSolver._servers == {}
+
+
+def test_a_token_cleaned_up_while_another_is_presented_stops_being_answered(port: int) -> None:
+    solver = StandaloneSolver(LOOPBACK, port)
+    solver.present(task())
+    solver.present(task(OTHER))
+    solver.cleanup(task())
+    assert exchange(port, get())[0] == 404
+    assert exchange(port, get(f"/.well-known/acme-challenge/{OTHER}"))[0] == 200
+    solver.cleanup(task(OTHER))
+    assert tcp_port_is_free(port)
+
+
+@pytest.fixture
+def ipv6_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+        probe.bind(("::1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_ipv6_address_is_served_over_ipv6(ipv6_port: int) -> None:
+    solver = StandaloneSolver("::1", ipv6_port)
+    solver.present(task())
+    try:
+        with socket.create_connection(("::1", ipv6_port), timeout=5) as sock:
+            sock.sendall(get())
+            status, _fields, body = Reader(sock).response()
+        assert (status, body) == (200, f"{TOKEN}.thumbprint".encode())
+    finally:
+        solver.cleanup(task())
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as again:
+        again.bind(("::1", ipv6_port))  # the port is free again
+
+
+def test_an_ipv6_port_in_use_names_the_address_in_brackets(ipv6_port: int) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as other:
+        other.bind(("::1", ipv6_port))
+        other.listen()
+        with pytest.raises(ChallengeFailed) as failure:
+            StandaloneSolver("::1", ipv6_port).present(task())
+    assert f"cannot listen on [::1]:{ipv6_port} for the challenge" in str(failure.value)
+
+
+def test_the_listen_family_follows_the_configured_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    listen = standalone.listen_address
+    assert listen("127.0.0.1", 80) == (socket.AF_INET, ("127.0.0.1", 80), False)
+    assert listen("localhost", 80) == (socket.AF_INET, ("localhost", 80), False)
+    assert listen("::1", 80) == (socket.AF_INET6, ("::1", 80, 0, 0), False)
+    assert listen("::", 80) == (socket.AF_INET6, ("::", 80, 0, 0), False)
+    # "*": both families on one socket, because the CA may come over either.
+    assert listen("*", 80) == (socket.AF_INET6, ("::", 80, 0, 0), True)
+    monkeypatch.setattr(standalone, "_ipv6_available", lambda: False)
+    assert listen("*", 80) == (socket.AF_INET, ("0.0.0.0", 80), False)
+
+
 def test_a_port_in_use_fails_the_challenge_with_the_hint(port: int) -> None:
     with socket.socket() as other:
         other.bind((LOOPBACK, port))
@@ -487,7 +556,7 @@ def test_present_and_cleanup_from_many_threads(port: int) -> None:
 
 
 def test_the_server_sockets_are_not_inherited(solver: StandaloneSolver, port: int) -> None:
-    (server, _), = StandaloneSolver._servers.values()
+    server, = StandaloneSolver._servers.values()
     assert not server._listener.get_inheritable()
     assert not os.get_inheritable(server._wake_r) and not os.get_inheritable(server._wake_w)
 

@@ -104,16 +104,20 @@ class _Responder:
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.answers: dict[str, bytes] = {}  # token -> key authorization
+        self.presented: dict[str, int] = {}  # token -> present() calls not yet cleaned up
         self._stopping = False
         with contextlib.ExitStack() as undo:  # what is made so far, closed if the rest fails
             # Every descriptor here is close-on-exec (Python's default): a hook or a reload
             # command that mamoru runs inherits none.
-            self._listener = listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            family, sockaddr, dual_stack = listen_address(*address)
+            self._listener = listener = socket.socket(family, socket.SOCK_STREAM)
             undo.callback(listener.close)
             # A present() right after the last cleanup() binds again at once, with the closed
             # connections of the previous responder still in TIME_WAIT.
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address)
+            if dual_stack:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            listener.bind(sockaddr)
             listener.listen(BACKLOG)
             listener.setblocking(False)
             self._wake_r, self._wake_w = os.pipe()  # written to by stop(): wakes the selector
@@ -407,7 +411,7 @@ class _Responder:
 class StandaloneSolver:
     challenge_type = "http-01"
     _lock: ClassVar = threading.Lock()
-    _servers: ClassVar[dict[tuple[str, int], tuple[_Responder, int]]] = {}
+    _servers: ClassVar[dict[tuple[str, int], _Responder]] = {}
 
     def __init__(self, host: str, port: int) -> None:
         self.address = (host, port)
@@ -416,35 +420,74 @@ class StandaloneSolver:
         if not TOKEN.match(task.token):
             raise ChallengeFailed(f"the CA sent an unusable challenge token for {task.identifier}")
         with self._lock:
-            entry = self._servers.get(self.address)
-            if entry is None:
+            server = self._servers.get(self.address)
+            if server is None:
                 try:
                     server = _Responder(self.address)
                 except OSError as error:
                     raise ChallengeFailed(
-                        f"cannot listen on {self.address[0]}:{self.address[1]} for the "
-                        f"challenge: {error.strerror}",
+                        f"cannot listen on {_shown(self.address)} for the challenge: "
+                        f"{error.strerror}",
                         hint="Another program (often the web server) uses this port: use "
                         "challenge.webroot instead, or another standalone address.",
                     ) from None
                 server.start()
-                entry = (server, 0)
-            server, users = entry
+                self._servers[self.address] = server
             server.answers[task.token] = task.key_authorization.encode("ascii")
-            self._servers[self.address] = (server, users + 1)
+            server.presented[task.token] = server.presented.get(task.token, 0) + 1
 
     def cleanup(self, task: ChallengeTask) -> None:
+        """Undo one present() of this token; the last cleanup() of the last token stops the
+        responder. A token presented twice (a retried order that got the same authorization)
+        is answered until it is cleaned up twice."""
         with self._lock:
-            entry = self._servers.get(self.address)
-            if entry is None:
+            server = self._servers.get(self.address)
+            if server is None:
                 return
-            server, users = entry
-            if server.answers.pop(task.token, None) is None:
+            left = server.presented.get(task.token, 0) - 1
+            if left < 0:
                 return  # present() never got this far
-            if users > 1:
-                self._servers[self.address] = (server, users - 1)
+            if left:
+                server.presented[task.token] = left
+                return
+            del server.presented[task.token]
+            server.answers.pop(task.token, None)
+            if server.presented:
                 return
             del self._servers[self.address]
             # Stop inside the lock: a present() for the same address right after must find
             # the port free, not race the closing socket (EADDRINUSE).
             server.stop()
+
+
+def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[str | int, ...],
+                                                   bool]:
+    """The socket family, the address to bind and whether to accept IPv4 on an IPv6 socket.
+
+    `*` (or an empty host) is every address of both families: one IPv6 socket with
+    IPV6_V6ONLY off, or IPv4's 0.0.0.0 on a kernel without IPv6. Let's Encrypt validates over
+    IPv6 first when a name has an AAAA record, so an IPv4-only responder there fails the
+    challenge. An IPv6 literal (`::`, `::1`, `2001:db8::1`) binds an IPv6 socket as the system
+    sets it (on Linux, `::` also takes IPv4 unless net.ipv6.bindv6only is 1). Anything else
+    is IPv4, as before: an address or a host name that resolves to one.
+    """
+    if host in ("*", ""):
+        if socket.has_ipv6 and _ipv6_available():
+            return socket.AF_INET6, ("::", port, 0, 0), True
+        return socket.AF_INET, ("0.0.0.0", port), False  # noqa: S104 - asked for: "*"
+    if ":" in host:
+        return socket.AF_INET6, (host, port, 0, 0), False
+    return socket.AF_INET, (host, port), False
+
+
+def _ipv6_available() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:  # EAFNOSUPPORT: booted with ipv6.disable=1
+        return False
+    return True
+
+
+def _shown(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

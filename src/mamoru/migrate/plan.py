@@ -94,7 +94,9 @@ def plan_lineage(lineage: Lineage, *, taken: set[str] | None = None,
     elif authenticator == "standalone":
         address = str(params.get("http01_address", "") or "")
         port = int(str(params.get("http01_port", "80") or "80"))
-        host = address or "0.0.0.0"  # noqa: S104 - certbot listened on every address
+        # Without an address certbot listened on every address of both families: so does
+        # "*" (an IPv4-only 0.0.0.0 would fail where the CA validates over IPv6).
+        host = address or "*"
         challenge = {"standalone": show_address(host, port)}
         if not is_loopback(host):
             challenge["standalone_public"] = True
