@@ -456,6 +456,7 @@ class Step:
     close: bool = False  # close the connection after the answer
     clean: bool = True  # over TLS: close_notify before closing
     dribble: bool = False  # one byte per write, so the client reads it in pieces
+    pause: float = 0.0005  # between two dribbled bytes
 
 
 class _Scripted:
@@ -515,7 +516,7 @@ class _Scripted:
                 if step.dribble:
                     for index in range(len(step.answer)):
                         sock.sendall(step.answer[index:index + 1])
-                        time.sleep(0.0005)  # lets the client read what has come
+                        time.sleep(step.pause)  # lets the client read what has come
                 else:
                     sock.sendall(step.answer)
                 if step.close:
@@ -824,6 +825,27 @@ def test_a_server_that_never_answers_times_out(scripted: Callable[..., _Scripted
     pool.timeout = 5
     assert pool.request("GET", server.url()).content == b"good"
     assert server.connections == 2
+
+
+def test_a_server_that_trickles_its_answer_times_out(scripted: Callable[..., _Scripted]) -> None:
+    # 40 bytes, one every 50 ms: each read gets a byte well within the timeout, but the whole
+    # answer takes 2 s. A broken middlebox doing this must not hold a renewal indefinitely.
+    server = scripted(Step(ok(b"{}"), dribble=True, pause=0.05))
+    pool = ConnectionPool(timeout=0.5)
+    with pytest.raises(TimeoutError):
+        pool.request("GET", server.url())
+    assert not any(pool._idle.values())  # the cut connection is not kept
+
+
+def test_a_slow_answer_in_time_leaves_the_kept_connection_its_whole_timeout(
+        scripted: Callable[..., _Scripted]) -> None:
+    server = scripted(Step(ok(b"{}"), dribble=True, pause=0.005), Step(ok(b"again")))
+    pool = ConnectionPool(timeout=3)
+    assert pool.request("GET", server.url()).content == b"{}"
+    (kept,), = pool._idle.values()
+    assert kept.sock.gettimeout() == 3  # cut while that answer came in; now whole again
+    assert pool.request("GET", server.url()).content == b"again"
+    assert server.connections == 1
 
 
 @pytest.mark.parametrize(("headers", "match"), [

@@ -26,8 +26,8 @@ directory alike), and `import mamoru.protocol.session` no longer loads http.clie
 0.08 s of its 0.46 s.
 
 Errors: every fault of the exchange is an `OSError` (connection refused or reset, `ssl`
-errors, `TimeoutError` for connect and each read, `ProtocolError` and its subclasses for an
-answer that breaks HTTP or these limits); `ValueError` for a malformed URL, proxy setting or
+errors, `TimeoutError` for connect and for the answer, `ProtocolError` and its subclasses for
+an answer that breaks HTTP or these limits); `ValueError` for a malformed URL, proxy setting or
 request header. The session maps them to mamoru's typed errors.
 
 Proxies: `https_proxy`/`HTTPS_PROXY` (or `all_proxy`) is honoured for https:// URLs through an
@@ -45,6 +45,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from typing import Any, overload
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
@@ -162,11 +163,16 @@ class _Connection:
     """One socket and the bytes received on it but not yet parsed. Used by one thread at a
     time (the pool hands it out under its lock); every method raises OSError subclasses."""
 
-    __slots__ = ("buffer", "sock")
+    __slots__ = ("buffer", "deadline", "shortened", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        # When the whole answer must be in (time.monotonic()): each read waits at most the
+        # socket's timeout, and never past this, so a server that trickles a byte now and
+        # then cannot hold a renewal for longer than the pool's timeout.
+        self.deadline = float("inf")
+        self.shortened = False  # the socket's timeout was cut to what is left before it
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # closing is all that is left to do with it
@@ -174,6 +180,12 @@ class _Connection:
 
     def _fill(self) -> bool:
         """Receive more bytes into the buffer; False at the end of the stream."""
+        left = self.deadline - time.monotonic()
+        if left < (self.sock.gettimeout() or float("inf")):
+            if left <= 0:
+                raise TimeoutError("the whole answer did not arrive in time")
+            self.sock.settimeout(left)
+            self.shortened = True
         data = self.sock.recv(_RECV)
         if not data:
             return False
@@ -396,10 +408,11 @@ class ConnectionPool:
     """Keep-alive connections per (scheme, host, port), safe to share between threads.
 
     `ca_bundle`: trust only these roots for https (default: the system trust store, see
-    `mamoru.tlstrust`). `timeout`: seconds for connecting and for each read. `max_idle`:
-    connections kept per host. `headers`: sent with every request (a request's own headers
-    win); Host, Content-Length, Transfer-Encoding, Connection and Accept-Encoding are the
-    pool's (ValueError).
+    `mamoru.tlstrust`). `timeout`: seconds for connecting, and for the whole answer from the
+    moment the request is sent (each read waits at most that long, and never past it).
+    `max_idle`: connections kept per host. `headers`: sent with every request (a request's own
+    headers win); Host, Content-Length, Transfer-Encoding, Connection and Accept-Encoding are
+    the pool's (ValueError).
     """
 
     def __init__(self, *, ca_bundle: str | None = None, timeout: float = 30.0,
@@ -511,6 +524,7 @@ class ConnectionPool:
         data = self._head(method, parts, key, body, headers)
         connection, reused = self._take(key)
         while True:
+            connection.deadline = time.monotonic() + self.timeout
             try:
                 connection.sock.sendall(data)
                 connection.await_answer()
@@ -530,6 +544,9 @@ class ConnectionPool:
                 connection.close()
                 raise
             if reusable:
+                if connection.shortened:  # the next request gets the whole timeout again
+                    connection.sock.settimeout(self.timeout)
+                    connection.shortened = False
                 self._give(key, connection)
             else:
                 connection.close()
