@@ -59,6 +59,10 @@ MAX_INTERIM = 10  # 1xx answers skipped before the final one
 MAX_REDIRECTS = 3  # followed for GET/HEAD only (a directory behind a redirect)
 _REDIRECTS = (301, 302, 303, 307, 308)
 _RECV = 65536
+# An answer may end this much past the pool's timeout: the socket's timeout is cut to what is
+# left only once a read starts later than this after the request. Each cut is a system call,
+# and an answer that is whole within this never pays one (every answer on loopback).
+_SLACK = 0.05
 
 # Names the pool writes itself: a caller's value would contradict the framing it sends.
 _RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection",
@@ -169,8 +173,8 @@ class _Connection:
         self.sock = sock
         self.buffer = bytearray()
         # When the whole answer must be in (time.monotonic()): each read waits at most the
-        # socket's timeout, and never past this, so a server that trickles a byte now and
-        # then cannot hold a renewal for longer than the pool's timeout.
+        # socket's timeout, and at most _SLACK past this, so a server that trickles a byte
+        # now and then cannot hold a renewal for much longer than the pool's timeout.
         self.deadline = float("inf")
         self.shortened = False  # the socket's timeout was cut to what is left before it
 
@@ -181,7 +185,7 @@ class _Connection:
     def _fill(self) -> bool:
         """Receive more bytes into the buffer; False at the end of the stream."""
         left = self.deadline - time.monotonic()
-        if left < (self.sock.gettimeout() or float("inf")):
+        if left < (self.sock.gettimeout() or float("inf")) - _SLACK:
             if left <= 0:
                 raise TimeoutError("the whole answer did not arrive in time")
             self.sock.settimeout(left)
@@ -409,7 +413,8 @@ class ConnectionPool:
 
     `ca_bundle`: trust only these roots for https (default: the system trust store, see
     `mamoru.tlstrust`). `timeout`: seconds for connecting, and for the whole answer from the
-    moment the request is sent (each read waits at most that long, and never past it).
+    moment the request is sent (each read waits at most that long, and at most `_SLACK` past
+    what is left of it).
     `max_idle`: connections kept per host. `headers`: sent with every request (a request's own
     headers win); Host, Content-Length, Transfer-Encoding, Connection and Accept-Encoding are
     the pool's (ValueError).
