@@ -425,8 +425,10 @@ class StandaloneSolver:
                 try:
                     server = _Responder(self.address)
                 except OSError as error:
+                    from mamoru.netaddr import show_address  # only for this message
+
                     raise ChallengeFailed(
-                        f"cannot listen on {_shown(self.address)} for the challenge: "
+                        f"cannot listen on {show_address(*self.address)} for the challenge: "
                         f"{error.strerror}",
                         hint="Another program (often the web server) uses this port: use "
                         "challenge.webroot instead, or another standalone address.",
@@ -464,15 +466,15 @@ def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[st
                                                    bool]:
     """The socket family, the address to bind and whether to accept IPv4 on an IPv6 socket.
 
-    `*` (or an empty host) is every address of both families: one IPv6 socket with
+    `*` is every address of both families: one IPv6 socket with
     IPV6_V6ONLY off, or IPv4's 0.0.0.0 on a kernel without IPv6. Let's Encrypt validates over
     IPv6 first when a name has an AAAA record, so an IPv4-only responder there fails the
     challenge. An IPv6 literal (`::`, `::1`, `2001:db8::1`) binds an IPv6 socket as the system
     sets it (on Linux, `::` also takes IPv4 unless net.ipv6.bindv6only is 1). Anything else
     is IPv4, as before: an address or a host name that resolves to one.
     """
-    if host in ("*", ""):
-        if socket.has_ipv6 and _ipv6_available():
+    if host == "*":
+        if _ipv6_available():
             return socket.AF_INET6, ("::", port, 0, 0), True
         return socket.AF_INET, ("0.0.0.0", port), False  # noqa: S104 - asked for: "*"
     if ":" in host:
@@ -486,8 +488,3 @@ def _ipv6_available() -> bool:
     except OSError:  # EAFNOSUPPORT: booted with ipv6.disable=1
         return False
     return True
-
-
-def _shown(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
